@@ -1,0 +1,335 @@
+"""Execution paths: ways to compute one aggregation, all equal to the reference path.
+
+The reference path evaluates ``y_i = sum_j w_ij * x_j`` literally: gather every neighbour, multiply,
+sum. The fast paths compute the same thing with the kernels PyTorch already has. Which fast path
+applies follows from the neighbourhood and the weight source:
+
+| path | neighbourhood | weight source | computes with |
+|---|---|---|---|
+| ``conv`` | Sliding (zeros, mask), Point | StaticKernel | ``F.conv2d(groups=C)`` |
+| ``batched_conv`` | Sliding (zeros, mask), Point | SampleKernel | one ``F.conv2d(groups=B*C)`` |
+| ``shifted_sum`` | Sliding (zeros, mask), Point | PositionKernel | ``k*k`` shifted multiply-adds |
+| ``window_sdpa`` | Window | QKAttention | SDPA over windows |
+| ``halo_sdpa`` | Sliding (any border) | QKAttention | SDPA over query tiles and haloed key blocks |
+| ``global_sdpa`` | Global | QKAttention | SDPA |
+
+Every path takes and returns ``(B, C, H, W)`` tensors of any memory format.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from unifiedops.neighbourhoods import Axis, Global, Neighbourhood, Point, Sliding, Window, layout
+from unifiedops.weights import PositionKernel, QKAttention, SampleKernel, StaticKernel, WeightSource
+
+if TYPE_CHECKING:
+    from unifiedops.aggregation import Aggregation
+
+__all__ = ["PATHS", "Path", "applicable_paths", "select_path"]
+
+
+@dataclass(frozen=True)
+class Path:
+    """One way to execute an aggregation.
+
+    Attributes:
+        name: The name callers pass as ``path=``.
+        applies: Whether the path can compute a given (neighbourhood, weight source).
+        run: ``run(module, x) -> y`` on ``(B, C, H, W)`` tensors.
+    """
+
+    name: str
+    applies: Callable[[Neighbourhood, WeightSource], bool]
+    run: Callable[[Aggregation, torch.Tensor], torch.Tensor]
+
+
+# --- reference ---------------------------------------------------------------------------------
+
+
+def _run_reference(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
+    source = module.source
+    b, c, h, w = x.shape
+    lay = layout(module.neighbourhood, h, w, x.device)
+    padded = F.pad(x, lay.pad)
+    values, weights = source.reference(module, x, padded, lay)
+    neighbours = values[:, :, lay.index].masked_fill(~lay.valid, 0)  # (B, C, P, K)
+    neighbours = neighbours.unflatten(1, (source.weight_groups, -1))  # (B, G, C/G, P, K)
+    y = (neighbours * weights.unsqueeze(2)).sum(-1)
+    return source.finish(module, y.reshape(b, c, h, w))
+
+
+# --- convolutions ------------------------------------------------------------------------------
+
+
+def _conv_neighbourhood(nb: Neighbourhood) -> bool:
+    return isinstance(nb, Point) or (isinstance(nb, Sliding) and nb.border in ("zeros", "mask"))
+
+
+def _conv_geometry(nb: Neighbourhood) -> tuple[int, int, int]:
+    """``(kernel_size, padding, dilation)`` of the equivalent zero-padded convolution."""
+    if isinstance(nb, Point):
+        return 1, 0, 1
+    return nb.kernel_size, nb.dilation * (nb.kernel_size // 2), nb.dilation
+
+
+def _per_channel(kernel: torch.Tensor, groups: int, channels: int, dim: int) -> torch.Tensor:
+    return kernel if groups == channels else kernel.repeat_interleave(channels // groups, dim)
+
+
+def _run_conv(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
+    source = module.source
+    _, padding, dilation = _conv_geometry(module.neighbourhood)
+    weight = _per_channel(module.weight, source.weight_groups, source.channels, 0)
+    return F.conv2d(x, weight, module.bias, padding=padding, dilation=dilation, groups=source.channels)
+
+
+def _run_batched_conv(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
+    source = module.source
+    b, c, h, w = x.shape
+    k, padding, dilation = _conv_geometry(module.neighbourhood)
+    kernel = _per_channel(source.kernel(module, x).reshape(b, -1, k, k), source.weight_groups, c, 1)
+    # Folding the batch into the channels turns B different kernels into one grouped conv.
+    y = F.conv2d(
+        x.reshape(1, b * c, h, w), kernel.reshape(b * c, 1, k, k), padding=padding, dilation=dilation, groups=b * c
+    )
+    return source.finish(module, y.view(b, c, h, w))
+
+
+def _run_shifted_sum(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
+    source = module.source
+    b, c, h, w = x.shape
+    k, padding, dilation = _conv_geometry(module.neighbourhood)
+    groups = source.weight_groups
+    kernel = source.kernel(module, x).unsqueeze(2)  # (B, G, 1, K, H, W)
+    padded = F.pad(x, (padding,) * 4).unflatten(1, (groups, c // groups))
+    # One multiply-add per kernel tap keeps memory at a few copies of x, unlike unfolding K of them.
+    y = x.new_zeros(b, groups, c // groups, h, w)
+    for tap in range(k * k):
+        dy, dx = (tap // k) * dilation, (tap % k) * dilation
+        y = y.addcmul(padded[..., dy : dy + h, dx : dx + w], kernel[:, :, :, tap])
+    return source.finish(module, y.view(b, c, h, w))
+
+
+# --- attention ---------------------------------------------------------------------------------
+
+
+def _attention(q, k, v, mask, scale):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def _float_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
+
+
+def _add_bias(mask: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor | None:
+    if bias is None:
+        return mask
+    return bias if mask is None else bias + mask
+
+
+@functools.lru_cache(maxsize=64)
+def _window_tables(nb: Window, height: int, width: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Which keys each query of each window may see, ``(nW, N, N)`` bool (``None``: all), and the
+    relative-position index, ``(N, N)``."""
+    ws = nb.size
+
+    def per_axis(length: int) -> torch.Tensor:
+        region, inside = nb.rolled_regions(length)
+        region, inside = region.view(-1, ws), inside.view(-1, ws)  # (windows, ws)
+        allowed = region[:, :, None] == region[:, None, :]
+        return allowed & inside[:, None, :] if nb.border == "mask" else allowed
+
+    my, mx = per_axis(height), per_axis(width)
+    allowed = (my[:, None, :, None, :, None] & mx[None, :, None, :, None, :]).reshape(
+        my.shape[0] * mx.shape[0], ws * ws, ws * ws
+    )
+    r = torch.arange(ws)
+    rel = (r[:, None] - r[None, :]) + ws - 1  # query minus key
+    rel_index = (rel[:, None, :, None] * (2 * ws - 1) + rel[None, :, None, :]).reshape(ws * ws, ws * ws)
+    return (None if bool(allowed.all()) else allowed), rel_index
+
+
+def _run_window_sdpa(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
+    nb, source = module.neighbourhood, module.source
+    b, c, h, w = x.shape
+    ws, s = nb.size, nb.shift
+    hp, wp = nb.padded_length(h), nb.padded_length(w)
+    x = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, wp - w, 0, hp - h))
+    if s:
+        x = torch.roll(x, (-s, -s), (1, 2))
+    allowed, rel_index = _window_tables(nb, h, w)
+    mask = None if allowed is None else _float_mask(allowed.to(x.device), x.dtype).unsqueeze(1)
+    mask = _add_bias(mask, source.bias(module, rel_index.to(x.device)))
+    qkv = rearrange(source.project(module, x), "t b (nh wh) (nw ww) g d -> t b (nh nw) g (wh ww) d", wh=ws, ww=ws)
+    o = _attention(qkv[0], qkv[1], qkv[2], mask, source.logit_scale)
+    o = rearrange(o, "b (nh nw) g (wh ww) d -> b (nh wh) (nw ww) (g d)", nh=hp // ws, wh=ws)
+    if s:
+        o = torch.roll(o, (s, s), (1, 2))
+    return source.finish(module, o[:, :h, :w].permute(0, 3, 1, 2))
+
+
+def _halo_axis(axis: Axis, tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tile one axis: queries in tiles of ``tile``, keys in one block per tile holding every
+    neighbour of its queries.
+
+    Returns:
+        ``(keys, allowed, rel)``: block key indices ``(nT, Tk)``; whether query ``q`` of tile
+        ``t`` sees block key ``m``, ``(nT, tile, Tk)``; and that pair's relative position.
+    """
+    length, _ = axis.index.shape
+    n_tiles = math.ceil(length / tile)
+    tile_of = torch.arange(length) // tile
+    big = torch.iinfo(torch.long).max
+    lo = torch.where(axis.valid, axis.index, big).amin(1)
+    hi = torch.where(axis.valid, axis.index, -1).amax(1)
+    lo = torch.full((n_tiles,), big).scatter_reduce(0, tile_of, lo, "amin")
+    hi = torch.full((n_tiles,), -1).scatter_reduce(0, tile_of, hi, "amax")
+    block = int((hi - lo).max()) + 1
+    keys_len = length + sum(axis.pad)
+    start = torch.clamp(lo, max=keys_len - block)
+    keys = start[:, None] + torch.arange(block)
+    # hit[i, a, m]: slot a of query i is key m of its tile's block.
+    offset = axis.index - start[tile_of][:, None]
+    hit = (offset[:, :, None] == torch.arange(block)) & axis.valid[:, :, None]
+    allowed = torch.zeros(n_tiles * tile, block, dtype=torch.bool)
+    rel = torch.zeros(n_tiles * tile, block, dtype=torch.long)
+    allowed[:length] = hit.any(1)
+    rel[:length] = (hit * axis.rel[:, :, None]).sum(1)
+    allowed[length:, 0] = True  # padding queries see one key so that their softmax stays finite
+    return keys, allowed.view(n_tiles, tile, block), rel.view(n_tiles, tile, block)
+
+
+@functools.lru_cache(maxsize=64)
+def _halo_tables(nb: Sliding, height: int, width: int, tile: int):
+    """Key blocks per axis, the 2-D visibility ``(nTy, nTx, T*T, Tk*Tk)`` and the relative-position
+    index of every (query, block key) pair, for a non-dilated sliding neighbourhood."""
+    ky, ay, ry = _halo_axis(nb.axis(height), tile)
+    kx, ax, rx = _halo_axis(nb.axis(width), tile)
+    e = nb.kernel_size
+    allowed = ay[:, None, :, None, :, None] & ax[None, :, None, :, None, :]
+    rel = (ry[:, None, :, None, :, None] + e - 1) * (2 * e - 1) + (rx[None, :, None, :, None, :] + e - 1)
+    shape = (ky.shape[0], kx.shape[0], tile * tile, ky.shape[1] * kx.shape[1])
+    return ky, kx, allowed.reshape(shape), rel.reshape(shape)
+
+
+def _halo_group(module, q, k, v, nb: Sliding, tile: int) -> torch.Tensor:
+    """Neighbourhood attention, non-dilated, for queries ``q`` ``(B, H, W, G, D)`` over keys and
+    values ``(B, Hk, Wk, G, D)`` (``Hk = H + 2r`` under the zeros rule)."""
+    source = module.source
+    b, h, w = q.shape[:3]
+    ky, kx, allowed, rel = (t.to(q.device) for t in _halo_tables(nb, h, w, tile))
+    mask = _add_bias(_float_mask(allowed, q.dtype).unsqueeze(2), source.bias(module, rel))
+    nty, ntx = ky.shape[0], kx.shape[0]
+    q = F.pad(q, (0, 0, 0, 0, 0, ntx * tile - w, 0, nty * tile - h))
+    q = rearrange(q, "b (ty qy) (tx qx) g d -> b ty tx g (qy qx) d", qy=tile, qx=tile)
+
+    def blocks(t: torch.Tensor) -> torch.Tensor:
+        return rearrange(t[:, ky][:, :, :, kx], "b ty my tx mx g d -> b ty tx g (my mx) d")
+
+    o = _attention(q, blocks(k), blocks(v), mask, source.logit_scale)
+    o = rearrange(o, "b ty tx g (qy qx) d -> b (ty qy) (tx qx) (g d)", qy=tile)
+    return o[:, :h, :w]
+
+
+def _run_halo_sdpa(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
+    nb, source = module.neighbourhood, module.source
+    b, c, h, w = x.shape
+    d, r = nb.dilation, nb.kernel_size // 2
+    halo = d * r if nb.border == "zeros" else 0
+    x = x.permute(0, 2, 3, 1)
+    if halo:
+        x = F.pad(x, (0, 0, halo, halo, halo, halo))
+    q, k, v = source.project(module, x)
+    q = q[:, halo : halo + h, halo : halo + w]
+    # A dilated neighbourhood is d*d interleaved non-dilated ones (NATTEN's dilation groups).
+    base = Sliding(nb.kernel_size, 1, nb.border)
+    tile = module.halo_tile or nb.kernel_size
+    if d == 1:
+        o = _halo_group(module, q, k, v, base, tile)
+    else:
+        o = x.new_empty(b, h, w, c)
+        for gy in range(d):
+            for gx in range(d):
+                sub = (slice(None), slice(gy, None, d), slice(gx, None, d))
+                o[sub] = _halo_group(module, q[sub], k[sub], v[sub], base, tile)
+    return source.finish(module, o.permute(0, 3, 1, 2))
+
+
+def _run_global_sdpa(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
+    source = module.source
+    b, c, h, w = x.shape
+    q, k, v = rearrange(source.project(module, x.permute(0, 2, 3, 1)), "t b h w g d -> t b g (h w) d")
+    o = _attention(q, k, v, None, source.logit_scale)
+    return source.finish(module, rearrange(o, "b g (h w) d -> b (g d) h w", h=h))
+
+
+# --- registry ----------------------------------------------------------------------------------
+
+
+def _pairs(neighbourhood: Callable[[Neighbourhood], bool], source: type) -> Callable[[Neighbourhood, WeightSource], bool]:
+    return lambda nb, src: neighbourhood(nb) and type(src) is source
+
+
+PATHS: dict[str, Path] = {
+    p.name: p
+    for p in (
+        Path("conv", _pairs(_conv_neighbourhood, StaticKernel), _run_conv),
+        Path("batched_conv", _pairs(_conv_neighbourhood, SampleKernel), _run_batched_conv),
+        Path("shifted_sum", _pairs(_conv_neighbourhood, PositionKernel), _run_shifted_sum),
+        Path("window_sdpa", _pairs(lambda nb: isinstance(nb, Window), QKAttention), _run_window_sdpa),
+        Path("halo_sdpa", _pairs(lambda nb: isinstance(nb, Sliding), QKAttention), _run_halo_sdpa),
+        Path("global_sdpa", _pairs(lambda nb: isinstance(nb, Global), QKAttention), _run_global_sdpa),
+        Path("reference", lambda nb, src: True, _run_reference),
+    )
+}
+"""Every execution path by name; ``"reference"`` applies to every configuration."""
+
+
+def applicable_paths(neighbourhood: Neighbourhood, source: WeightSource) -> list[str]:
+    """Names of the paths that can compute this configuration, fastest first.
+
+    Args:
+        neighbourhood: The spatial neighbourhood.
+        source: The weight source.
+
+    Returns:
+        Path names; the last is always ``"reference"``.
+    """
+    return [name for name, p in PATHS.items() if p.applies(neighbourhood, source)]
+
+
+def select_path(neighbourhood: Neighbourhood, source: WeightSource, path: str = "auto") -> str:
+    """Resolve ``path`` for a configuration.
+
+    Args:
+        neighbourhood: The spatial neighbourhood.
+        source: The weight source.
+        path: ``"auto"`` (the first applicable fast path, else the reference) or a name in
+            :data:`PATHS`.
+
+    Returns:
+        The path name.
+
+    Raises:
+        ValueError: If ``path`` is unknown or cannot compute this configuration.
+    """
+    if not isinstance(path, str) or (path != "auto" and path not in PATHS):
+        raise ValueError(f"path must be 'auto' or one of {', '.join(map(repr, PATHS))}; got path={path!r}")
+    options = applicable_paths(neighbourhood, source)
+    if path == "auto":
+        return options[0]
+    if path not in options:
+        raise ValueError(
+            f"path={path!r} cannot compute {type(neighbourhood).__name__} with {type(source).__name__}; "
+            f"applicable: {', '.join(map(repr, options))}"
+        )
+    return path

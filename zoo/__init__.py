@@ -1,0 +1,1 @@
+"""Backbones assembled from unifiedops presets and registered with timm (filled by later work)."""
