@@ -13,13 +13,13 @@ read this geometry, so the neighbourhood is defined in one place.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
+from unifiedops._cache import cached_tables
 from unifiedops._checks import check_choice, check_int
 
 __all__ = [
@@ -261,8 +261,8 @@ class Layout(NamedTuple):
     rel_index: torch.Tensor
 
 
-@functools.lru_cache(maxsize=64)
-def _layout_cpu(neighbourhood: Neighbourhood, height: int, width: int) -> Layout:
+@cached_tables
+def _layout(neighbourhood: Neighbourhood, height: int, width: int) -> Layout:
     ay, ax = neighbourhood.axis(height), neighbourhood.axis(width)
     hp, wp = height + sum(ay.pad), width + sum(ax.pad)
     ky, kx = ay.index.shape[1], ax.index.shape[1]
@@ -295,7 +295,4 @@ def layout(neighbourhood: Neighbourhood, height: int, width: int, device: torch.
     Returns:
         A :class:`Layout` with ``H*W`` rows of ``K = ky*kx`` slots.
     """
-    cpu = _layout_cpu(neighbourhood, height, width)
-    if torch.device(device).type == "cpu":
-        return cpu
-    return Layout(cpu.pad, cpu.padded_size, *(t.to(device) for t in cpu[2:]))
+    return _layout(neighbourhood, height, width, device=device)

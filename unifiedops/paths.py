@@ -18,7 +18,6 @@ Every path takes and returns ``(B, C, H, W)`` tensors of any memory format.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from unifiedops._cache import cached_tables
 from unifiedops.neighbourhoods import Axis, Global, Neighbourhood, Point, Sliding, Window, layout
 from unifiedops.weights import PositionKernel, QKAttention, SampleKernel, StaticKernel, WeightSource
 
@@ -97,11 +97,13 @@ def _run_batched_conv(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     k, padding, dilation = _conv_geometry(module.neighbourhood)
     kernel = _per_channel(source.kernel(module, x).reshape(b, -1, k, k), source.weight_groups, c, 1)
-    # Folding the batch into the channels turns B different kernels into one grouped conv.
+    # Folding the batch into the channels turns B different kernels into one grouped conv; the
+    # bias rides along in the same call instead of costing another pass over the output.
+    bias = None if module.bias is None else module.bias.repeat(b)
     y = F.conv2d(
-        x.reshape(1, b * c, h, w), kernel.reshape(b * c, 1, k, k), padding=padding, dilation=dilation, groups=b * c
+        x.reshape(1, b * c, h, w), kernel.reshape(b * c, 1, k, k), bias, padding=padding, dilation=dilation, groups=b * c
     )
-    return source.finish(module, y.view(b, c, h, w))
+    return y.view(b, c, h, w)
 
 
 def _run_shifted_sum(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
@@ -123,7 +125,18 @@ def _run_shifted_sum(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
 
 
 def _attention(q, k, v, mask, scale):
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    """SDPA over blocks: ``q`` ``(B, T, G, L, D)``, ``k``/``v`` ``(B, T, G, S, D)``, ``mask``
+    ``(T or 1, G or 1, L, S)`` or ``None``.
+
+    PyTorch's fused CPU kernel takes 4-D inputs only (a 5-D call runs the unfused math path, two to
+    three times slower), so the batch and block axes are folded into one, and a mask that varies
+    over blocks is expanded over the batch to match.
+    """
+    b, t = q.shape[:2]
+    if mask is not None and mask.shape[0] != 1:
+        mask = mask.expand(b, *mask.shape).flatten(0, 1)
+    o = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), attn_mask=mask, scale=scale)
+    return o.unflatten(0, (b, t))
 
 
 def _float_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -136,10 +149,10 @@ def _add_bias(mask: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Ten
     return bias if mask is None else bias + mask
 
 
-@functools.lru_cache(maxsize=64)
-def _window_tables(nb: Window, height: int, width: int) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Which keys each query of each window may see, ``(nW, N, N)`` bool (``None``: all), and the
-    relative-position index, ``(N, N)``."""
+@cached_tables
+def _window_tables(nb: Window, height: int, width: int, dtype: torch.dtype):
+    """The additive mask of Swin's shifted windows, ``(nW, 1, N, N)`` (``None`` when every key is
+    visible), and the relative-position index of (query, key) pairs in a window, ``(N, N)``."""
     ws = nb.size
 
     def per_axis(length: int) -> torch.Tensor:
@@ -150,12 +163,12 @@ def _window_tables(nb: Window, height: int, width: int) -> tuple[torch.Tensor | 
 
     my, mx = per_axis(height), per_axis(width)
     allowed = (my[:, None, :, None, :, None] & mx[None, :, None, :, None, :]).reshape(
-        my.shape[0] * mx.shape[0], ws * ws, ws * ws
+        my.shape[0] * mx.shape[0], 1, ws * ws, ws * ws
     )
     r = torch.arange(ws)
     rel = (r[:, None] - r[None, :]) + ws - 1  # query minus key
     rel_index = (rel[:, None, :, None] * (2 * ws - 1) + rel[None, :, None, :]).reshape(ws * ws, ws * ws)
-    return (None if bool(allowed.all()) else allowed), rel_index
+    return (None if bool(allowed.all()) else _float_mask(allowed, dtype)), rel_index
 
 
 def _run_window_sdpa(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
@@ -166,9 +179,10 @@ def _run_window_sdpa(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
     x = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, wp - w, 0, hp - h))
     if s:
         x = torch.roll(x, (-s, -s), (1, 2))
-    allowed, rel_index = _window_tables(nb, h, w)
-    mask = None if allowed is None else _float_mask(allowed.to(x.device), x.dtype).unsqueeze(1)
-    mask = _add_bias(mask, source.bias(module, rel_index.to(x.device)))
+    mask, rel_index = _window_tables(nb, h, w, x.dtype, device=x.device)
+    mask = _add_bias(mask, source.bias(module, rel_index))
+    if mask is not None and mask.dim() == 3:
+        mask = mask.unsqueeze(0)
     qkv = rearrange(source.project(module, x), "t b (nh wh) (nw ww) g d -> t b (nh nw) g (wh ww) d", wh=ws, ww=ws)
     o = _attention(qkv[0], qkv[1], qkv[2], mask, source.logit_scale)
     o = rearrange(o, "b (nh nw) g (wh ww) d -> b (nh wh) (nw ww) (g d)", nh=hp // ws, wh=ws)
@@ -208,17 +222,23 @@ def _halo_axis(axis: Axis, tile: int) -> tuple[torch.Tensor, torch.Tensor, torch
     return keys, allowed.view(n_tiles, tile, block), rel.view(n_tiles, tile, block)
 
 
-@functools.lru_cache(maxsize=64)
-def _halo_tables(nb: Sliding, height: int, width: int, tile: int):
-    """Key blocks per axis, the 2-D visibility ``(nTy, nTx, T*T, Tk*Tk)`` and the relative-position
-    index of every (query, block key) pair, for a non-dilated sliding neighbourhood."""
-    ky, ay, ry = _halo_axis(nb.axis(height), tile)
-    kx, ax, rx = _halo_axis(nb.axis(width), tile)
+@cached_tables
+def _halo_tables(nb: Sliding, height: int, width: int, tile: int, dtype: torch.dtype):
+    """For a non-dilated sliding neighbourhood: each tile's key block as flat indices into the
+    (padded) key map, ``(nT, Tk*Tk)``; the additive mask of the keys each query sees,
+    ``(nT, 1, T*T, Tk*Tk)``; and the relative-position index of every (query, block key) pair,
+    ``(nT, T*T, Tk*Tk)``."""
+    axis_y, axis_x = nb.axis(height), nb.axis(width)
+    ky, ay, ry = _halo_axis(axis_y, tile)
+    kx, ax, rx = _halo_axis(axis_x, tile)
     e = nb.kernel_size
+    key_width = width + sum(axis_x.pad)
+    keys = ky[:, None, :, None] * key_width + kx[None, :, None, :]
     allowed = ay[:, None, :, None, :, None] & ax[None, :, None, :, None, :]
     rel = (ry[:, None, :, None, :, None] + e - 1) * (2 * e - 1) + (rx[None, :, None, :, None, :] + e - 1)
-    shape = (ky.shape[0], kx.shape[0], tile * tile, ky.shape[1] * kx.shape[1])
-    return ky, kx, allowed.reshape(shape), rel.reshape(shape)
+    n_tiles, block = ky.shape[0] * kx.shape[0], ky.shape[1] * kx.shape[1]
+    shape = (n_tiles, tile * tile, block)
+    return keys.reshape(n_tiles, block), _float_mask(allowed.reshape(shape), dtype).unsqueeze(1), rel.reshape(shape)
 
 
 def _halo_group(module, q, k, v, nb: Sliding, tile: int) -> torch.Tensor:
@@ -226,17 +246,17 @@ def _halo_group(module, q, k, v, nb: Sliding, tile: int) -> torch.Tensor:
     values ``(B, Hk, Wk, G, D)`` (``Hk = H + 2r`` under the zeros rule)."""
     source = module.source
     b, h, w = q.shape[:3]
-    ky, kx, allowed, rel = (t.to(q.device) for t in _halo_tables(nb, h, w, tile))
-    mask = _add_bias(_float_mask(allowed, q.dtype).unsqueeze(2), source.bias(module, rel))
-    nty, ntx = ky.shape[0], kx.shape[0]
+    keys, mask, rel = _halo_tables(nb, h, w, tile, q.dtype, device=q.device)
+    mask = _add_bias(mask, source.bias(module, rel))
+    nty, ntx = math.ceil(h / tile), math.ceil(w / tile)
     q = F.pad(q, (0, 0, 0, 0, 0, ntx * tile - w, 0, nty * tile - h))
-    q = rearrange(q, "b (ty qy) (tx qx) g d -> b ty tx g (qy qx) d", qy=tile, qx=tile)
+    q = rearrange(q, "b (ty qy) (tx qx) g d -> b (ty tx) g (qy qx) d", qy=tile, qx=tile)
 
     def blocks(t: torch.Tensor) -> torch.Tensor:
-        return rearrange(t[:, ky][:, :, :, kx], "b ty my tx mx g d -> b ty tx g (my mx) d")
+        return t.flatten(1, 2)[:, keys].transpose(2, 3)  # (B, nT, G, Tk*Tk, D)
 
     o = _attention(q, blocks(k), blocks(v), mask, source.logit_scale)
-    o = rearrange(o, "b ty tx g (qy qx) d -> b (ty qy) (tx qx) (g d)", qy=tile)
+    o = rearrange(o, "b (ty tx) g (qy qx) d -> b (ty qy) (tx qx) (g d)", ty=nty, qy=tile)
     return o[:, :h, :w]
 
 
@@ -268,7 +288,7 @@ def _run_global_sdpa(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
     source = module.source
     b, c, h, w = x.shape
     q, k, v = rearrange(source.project(module, x.permute(0, 2, 3, 1)), "t b h w g d -> t b g (h w) d")
-    o = _attention(q, k, v, None, source.logit_scale)
+    o = F.scaled_dot_product_attention(q, k, v, scale=source.logit_scale)
     return source.finish(module, rearrange(o, "b g (h w) d -> b (g d) h w", h=h))
 
 
