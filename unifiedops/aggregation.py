@@ -23,11 +23,11 @@ class Aggregation(nn.Module):
     the fast path for the configuration, and ``path="reference"`` forces the literal formula.
 
     Args:
-        neighbourhood: A :class:`~unifiedops.Sliding`, :class:`~unifiedops.Window`,
-            :class:`~unifiedops.Global` or :class:`~unifiedops.Point`.
-        source: A :class:`~unifiedops.StaticKernel`, :class:`~unifiedops.SampleKernel`,
-            :class:`~unifiedops.PositionKernel` or :class:`~unifiedops.QKAttention`.
-        path: ``"auto"`` or a name from :data:`unifiedops.paths.PATHS`.
+        neighbourhood: A [`Sliding`][unifiedops.Sliding], [`Window`][unifiedops.Window],
+            [`Global`][unifiedops.Global] or [`Point`][unifiedops.Point].
+        source: A [`StaticKernel`][unifiedops.StaticKernel], [`SampleKernel`][unifiedops.SampleKernel],
+            [`PositionKernel`][unifiedops.PositionKernel] or [`QKAttention`][unifiedops.QKAttention].
+        path: ``"auto"`` or a name from [`PATHS`][unifiedops.paths.PATHS].
         channels_last: Take and return ``(B, H, W, C)`` instead of ``(B, C, H, W)``; no copy is
             made at the boundary.
 
@@ -35,7 +35,8 @@ class Aggregation(nn.Module):
         - Input: ``(B, C, H, W)``, or ``(B, H, W, C)`` with ``channels_last``.
         - Output: same shape as the input.
 
-    Example:
+    Examples:
+        >>> import torch
         >>> from unifiedops import Aggregation, Sliding, StaticKernel
         >>> dw = Aggregation(Sliding(7), StaticKernel(96))
         >>> dw.path

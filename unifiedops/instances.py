@@ -2,12 +2,12 @@
 
 | preset | neighbourhood | weights | fast path |
 |---|---|---|---|
-| :class:`DWConv` | Sliding k x k, zeros | static, per channel | ``conv`` |
-| :class:`DynamicDWConv` | Sliding k x k, zeros | per sample, per channel | ``batched_conv`` |
-| :class:`InhomogeneousDWConv` | Sliding k x k, zeros | per position, per group | ``shifted_sum`` |
-| :class:`WindowAttention` | Window w x w, shift | per position, per head (q.k) | ``window_sdpa`` |
-| :class:`NeighborhoodAttention` | Sliding k x k, clamp | per position, per head (q.k) | ``halo_sdpa`` |
-| :class:`GlobalAttention` | Global | per position, per head (q.k) | ``global_sdpa`` |
+| `DWConv` | Sliding k x k, zeros | static, per channel | ``conv`` |
+| `DynamicDWConv` | Sliding k x k, zeros | per sample, per channel | ``batched_conv`` |
+| `InhomogeneousDWConv` | Sliding k x k, zeros | per position, per group | ``shifted_sum`` |
+| `WindowAttention` | Window w x w, shift | per position, per head (q.k) | ``window_sdpa`` |
+| `NeighborhoodAttention` | Sliding k x k, clamp | per position, per head (q.k) | ``halo_sdpa`` |
+| `GlobalAttention` | Global | per position, per head (q.k) | ``global_sdpa`` |
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ class DWConv(Aggregation):
     Shape:
         ``(B, C, H, W) -> (B, C, H, W)``.
 
-    Example:
+    Examples:
+        >>> import torch
+        >>> from unifiedops import DWConv
         >>> DWConv(96, 7)(torch.randn(1, 96, 56, 56)).shape
         torch.Size([1, 96, 56, 56])
     """
@@ -120,7 +122,9 @@ class WindowAttention(Aggregation):
     Shape:
         ``(B, C, H, W) -> (B, C, H, W)``, or ``(B, H, W, C) -> (B, H, W, C)`` with ``channels_last``.
 
-    Example:
+    Examples:
+        >>> import torch
+        >>> from unifiedops import WindowAttention
         >>> attn = WindowAttention(96, num_heads=3, window_size=7, shift_size=3, channels_last=True)
         >>> attn(torch.randn(2, 56, 56, 96)).shape
         torch.Size([2, 56, 56, 96])
@@ -154,7 +158,7 @@ class NeighborhoodAttention(Aggregation):
         num_heads: Number of heads; must divide ``dim``.
         kernel_size: Odd window size ``k``.
         dilation: Spacing between the window's taps.
-        border: ``"clamp"`` (NATTEN), ``"mask"`` or ``"zeros"``; see :data:`unifiedops.BORDERS`.
+        border: ``"clamp"`` (NATTEN), ``"mask"`` or ``"zeros"``; see [`BORDERS`][unifiedops.BORDERS].
         rel_pos_bias: Whether to add a learned relative-position bias of ``(2k-1)^2 x heads``.
         qkv_bias: Whether the ``qkv`` projection has a bias.
         channels_last: Take and return ``(B, H, W, C)``.

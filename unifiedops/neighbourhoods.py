@@ -1,14 +1,15 @@
 """Spatial sparsity: which input positions ``j`` each output position ``i`` aggregates.
 
 A neighbourhood is a frozen description (hashable, no tensors). It answers one question per image
-axis, through :meth:`Neighbourhood.axis`: for each of the ``L`` positions along the axis, which
-``k`` slots of the (possibly zero-padded) axis it reads, which of those slots are real neighbours,
-and the relative position of each slot (for relative-position biases). A 2-D neighbourhood is the
-product of its two axes, which holds for every neighbourhood here: a Swin window is a row window
-times a column window, and Swin's shifted-window regions are products of row and column regions.
+axis, through [`Neighbourhood.axis`][unifiedops.neighbourhoods.Neighbourhood.axis]: for each of the
+``L`` positions along the axis, which ``k`` slots of the (possibly zero-padded) axis it reads, which
+of those slots are real neighbours, and the relative position of each slot (for relative-position
+biases). A 2-D neighbourhood is the product of its two axes, which holds for every neighbourhood
+here: a Swin window is a row window times a column window, and Swin's shifted-window regions are
+products of row and column regions.
 
-Both the reference path (through :func:`layout`) and the fast paths (through the same axis tables)
-read this geometry, so the neighbourhood is defined in one place.
+Both the reference path (through [`layout`][unifiedops.neighbourhoods.layout]) and the fast paths
+(through the same axis tables) read this geometry, so the neighbourhood is defined in one place.
 """
 
 from __future__ import annotations
@@ -67,8 +68,11 @@ class Axis(NamedTuple):
 
 @dataclass(frozen=True)
 class Neighbourhood:
-    """Base class of the spatial neighbourhoods; see :class:`Window`, :class:`Sliding`,
-    :class:`Global` and :class:`Point`."""
+    """Base class of the spatial neighbourhoods.
+
+    See [`Sliding`][unifiedops.Sliding], [`Window`][unifiedops.Window], [`Global`][unifiedops.Global]
+    and [`Point`][unifiedops.Point].
+    """
 
     def axis(self, length: int) -> Axis:
         """Neighbourhood along one axis.
@@ -77,7 +81,7 @@ class Neighbourhood:
             length: Number of positions ``L`` along the axis (input and output alike).
 
         Returns:
-            The axis tables, see :class:`Axis`.
+            The axis tables, see [`Axis`][unifiedops.neighbourhoods.Axis].
         """
         raise NotImplementedError
 
@@ -94,9 +98,10 @@ class Sliding(Neighbourhood):
     Args:
         kernel_size: Odd window size ``k``.
         dilation: Spacing between the window's taps.
-        border: One of :data:`BORDERS`: what happens where the window leaves the image.
+        border: One of [`BORDERS`][unifiedops.BORDERS]: what happens where the window leaves the image.
 
-    Example:
+    Examples:
+        >>> from unifiedops import Sliding
         >>> Sliding(7, border="clamp").axis(10).index.shape
         torch.Size([10, 7])
     """
@@ -156,7 +161,8 @@ class Window(Neighbourhood):
         border: ``"zeros"`` (padded positions take part, as in Swin) or ``"mask"`` (they are
             excluded, so a window larger than the image is exactly global attention).
 
-    Example:
+    Examples:
+        >>> from unifiedops import Window
         >>> Window(7, shift=3).axis(14).valid.sum().item()  # 7*7 + 4*4 + 3*3: the seam splits a window
         74
     """
@@ -188,7 +194,8 @@ class Window(Neighbourhood):
 
         Returns:
             ``(region, inside)``, each of length ``Lp``: two rolled positions in one window see
-            each other when their regions match (and, with ``border="mask"``, the key is inside).
+                each other when their regions match (and, with ``border="mask"``, the key is
+                inside).
         """
         w, s, lp = self.size, self.shift, self.padded_length(length)
         r = torch.arange(lp)
@@ -293,6 +300,6 @@ def layout(neighbourhood: Neighbourhood, height: int, width: int, device: torch.
         device: Device for the index tensors.
 
     Returns:
-        A :class:`Layout` with ``H*W`` rows of ``K = ky*kx`` slots.
+        A [`Layout`][unifiedops.neighbourhoods.Layout] with ``H*W`` rows of ``K = ky*kx`` slots.
     """
     return _layout(neighbourhood, height, width, device=device)

@@ -101,7 +101,12 @@ def _run_batched_conv(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
     # bias rides along in the same call instead of costing another pass over the output.
     bias = None if module.bias is None else module.bias.repeat(b)
     y = F.conv2d(
-        x.reshape(1, b * c, h, w), kernel.reshape(b * c, 1, k, k), bias, padding=padding, dilation=dilation, groups=b * c
+        x.reshape(1, b * c, h, w),
+        kernel.reshape(b * c, 1, k, k),
+        bias,
+        padding=padding,
+        dilation=dilation,
+        groups=b * c,
     )
     return y.view(b, c, h, w)
 
@@ -295,7 +300,9 @@ def _run_global_sdpa(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
 # --- registry ----------------------------------------------------------------------------------
 
 
-def _pairs(neighbourhood: Callable[[Neighbourhood], bool], source: type) -> Callable[[Neighbourhood, WeightSource], bool]:
+def _pairs(
+    neighbourhood: Callable[[Neighbourhood], bool], source: type
+) -> Callable[[Neighbourhood, WeightSource], bool]:
     return lambda nb, src: neighbourhood(nb) and type(src) is source
 
 
@@ -334,7 +341,7 @@ def select_path(neighbourhood: Neighbourhood, source: WeightSource, path: str = 
         neighbourhood: The spatial neighbourhood.
         source: The weight source.
         path: ``"auto"`` (the first applicable fast path, else the reference) or a name in
-            :data:`PATHS`.
+            [`PATHS`][unifiedops.paths.PATHS].
 
     Returns:
         The path name.

@@ -9,8 +9,9 @@ Every source produces weights of one shape, ``(Bw, G, Pw, K)``:
   weight (attention, involution);
 * ``K`` neighbours, in the slot order of the neighbourhood.
 
-A source is a frozen description. :meth:`WeightSource.build` registers its parameters on the
-owning :class:`~unifiedops.Aggregation`, under the names of the official implementations, so a
+A source is a frozen description.
+[`WeightSource.build`][unifiedops.weights.WeightSource.build] registers its parameters on the
+owning [`Aggregation`][unifiedops.Aggregation], under the names of the official implementations, so a
 preset's ``state_dict`` is that of the module it reproduces (``weight``/``bias`` of a depth-wise
 ``nn.Conv2d``; ``qkv``/``proj``/``relative_position_bias_table`` of timm's Swin attention).
 """
@@ -71,7 +72,7 @@ class WeightSource:
 
         Returns:
             ``(values, weights)``: the features aggregated, ``(B, C, Hp*Wp)``, and the weights,
-            ``(Bw, G, Pw, K)``.
+                ``(Bw, G, Pw, K)``.
         """
         raise NotImplementedError
 
