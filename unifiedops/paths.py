@@ -122,7 +122,7 @@ def _run_shifted_sum(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
     y = x.new_zeros(b, groups, c // groups, h, w)
     for tap in range(k * k):
         dy, dx = (tap // k) * dilation, (tap % k) * dilation
-        y = y.addcmul(padded[..., dy : dy + h, dx : dx + w], kernel[:, :, :, tap])
+        y.addcmul_(padded[..., dy : dy + h, dx : dx + w], kernel[:, :, :, tap])
     return source.finish(module, y.view(b, c, h, w))
 
 
@@ -257,10 +257,21 @@ def _halo_group(module, q, k, v, nb: Sliding, tile: int) -> torch.Tensor:
     q = F.pad(q, (0, 0, 0, 0, 0, ntx * tile - w, 0, nty * tile - h))
     q = rearrange(q, "b (ty qy) (tx qx) g d -> b (ty tx) g (qy qx) d", qy=tile, qx=tile)
 
-    def blocks(t: torch.Tensor) -> torch.Tensor:
-        return t.flatten(1, 2)[:, keys].transpose(2, 3)  # (B, nT, G, Tk*Tk, D)
-
-    o = _attention(q, blocks(k), blocks(v), mask, source.logit_scale)
+    # One sample at a time: the key blocks overlap (each key is copied into up to (Tk/T)^2 blocks)
+    # and the mask varies over tiles, so batching would multiply both by B. Per sample, the fused
+    # kernel still sees nT * G attention problems, and memory stays near that of window attention.
+    o = torch.stack(
+        [
+            F.scaled_dot_product_attention(
+                q[i],
+                k[i].flatten(0, 1)[keys].transpose(1, 2),  # (nT, G, Tk*Tk, D)
+                v[i].flatten(0, 1)[keys].transpose(1, 2),
+                attn_mask=mask,
+                scale=source.logit_scale,
+            )
+            for i in range(b)
+        ]
+    )
     o = rearrange(o, "b (ty tx) g (qy qx) d -> b (ty qy) (tx qx) (g d)", ty=nty, qy=tile)
     return o[:, :h, :w]
 

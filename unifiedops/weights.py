@@ -188,8 +188,11 @@ class SampleKernel(WeightSource):
 
     def kernel(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Per-sample kernels, ``(B, G, 1, K)``, from the input ``(B, C, H, W)``."""
-        pooled = x.mean((2, 3), keepdim=True)
-        w = module.conv2(F.relu(module.bn(module.conv1(pooled))))
+        # The 1x1 convs act on a 1x1 map: as matrix products they skip conv2d's setup, which
+        # matters because conv2 is a large matrix (C/r x G*k*k) read for a handful of rows.
+        hidden = F.linear(x.mean((2, 3)), module.conv1.weight.flatten(1))
+        hidden = F.relu(module.bn(hidden[:, :, None, None]).flatten(1))
+        w = F.linear(hidden, module.conv2.weight.flatten(1), module.conv2.bias)
         return w.reshape(x.shape[0], self.weight_groups, 1, -1)
 
     def reference(self, module, x, padded, lay):
