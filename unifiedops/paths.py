@@ -296,7 +296,8 @@ def _run_halo_sdpa(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
         for gy in range(d):
             for gx in range(d):
                 sub = (slice(None), slice(gy, None, d), slice(gx, None, d))
-                o[sub] = _halo_group(module, q[sub], k[sub], v[sub], base, tile)
+                if q[sub].shape[1] and q[sub].shape[2]:  # empty where the dilation exceeds the input
+                    o[sub] = _halo_group(module, q[sub], k[sub], v[sub], base, tile)
     return source.finish(module, o.permute(0, 3, 1, 2))
 
 

@@ -170,9 +170,9 @@ class SampleKernel(WeightSource):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_groups(self.channels, self.groups)
         check_int("reduction", self.reduction, minimum=1)
         check_divisible("channels", self.channels, "reduction", self.reduction)
-        _check_groups(self.channels, self.groups)
 
     @property
     def weight_groups(self) -> int:
@@ -222,9 +222,9 @@ class PositionKernel(WeightSource):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_groups(self.channels, self.groups)
         check_int("reduction", self.reduction, minimum=1)
         check_divisible("channels", self.channels, "reduction", self.reduction)
-        _check_groups(self.channels, self.groups)
 
     @property
     def weight_groups(self) -> int:
