@@ -254,26 +254,25 @@ def _halo_group(module, q, k, v, nb: Sliding, tile: int) -> torch.Tensor:
     keys, mask, rel = _halo_tables(nb, h, w, tile, q.dtype, device=q.device)
     mask = _add_bias(mask, source.bias(module, rel))
     nty, ntx = math.ceil(h / tile), math.ceil(w / tile)
-    q = F.pad(q, (0, 0, 0, 0, 0, ntx * tile - w, 0, nty * tile - h))
+    if (nty * tile, ntx * tile) != (h, w):
+        q = F.pad(q, (0, 0, 0, 0, 0, ntx * tile - w, 0, nty * tile - h))
     q = rearrange(q, "b (ty qy) (tx qx) g d -> b (ty tx) g (qy qx) d", qy=tile, qx=tile)
-
     # One sample at a time: the key blocks overlap (each key is copied into up to (Tk/T)^2 blocks)
     # and the mask varies over tiles, so batching would multiply both by B. Per sample, the fused
     # kernel still sees nT * G attention problems, and memory stays near that of window attention.
-    o = torch.stack(
-        [
-            F.scaled_dot_product_attention(
-                q[i],
-                k[i].flatten(0, 1)[keys].transpose(1, 2),  # (nT, G, Tk*Tk, D)
-                v[i].flatten(0, 1)[keys].transpose(1, 2),
-                attn_mask=mask,
-                scale=source.logit_scale,
-            )
-            for i in range(b)
-        ]
-    )
-    o = rearrange(o, "b (ty tx) g (qy qx) d -> b (ty qy) (tx qx) (g d)", ty=nty, qy=tile)
-    return o[:, :h, :w]
+    groups, dim = q.shape[2], q.shape[4]
+    out = q.new_empty(b, nty, tile, ntx, tile, groups, dim)
+    for i in range(b):
+        o = F.scaled_dot_product_attention(
+            q[i],
+            k[i].flatten(0, 1)[keys].transpose(1, 2),  # (nT, G, Tk*Tk, D)
+            v[i].flatten(0, 1)[keys].transpose(1, 2),
+            attn_mask=mask,
+            scale=source.logit_scale,
+        )
+        # Written straight into the output layout: a rearranged copy would be copied again.
+        out[i] = o.view(nty, ntx, groups, tile, tile, dim).permute(0, 3, 1, 4, 2, 5)
+    return out.view(b, nty * tile, ntx * tile, groups * dim)[:, :h, :w]
 
 
 def _run_halo_sdpa(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
