@@ -181,7 +181,9 @@ def _run_window_sdpa(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     ws, s = nb.size, nb.shift
     hp, wp = nb.padded_length(h), nb.padded_length(w)
-    x = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, wp - w, 0, hp - h))
+    x = x.permute(0, 2, 3, 1)
+    if (hp, wp) != (h, w):
+        x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
     if s:
         x = torch.roll(x, (-s, -s), (1, 2))
     mask, rel_index = _window_tables(nb, h, w, x.dtype, device=x.device)
