@@ -231,44 +231,54 @@ def _halo_axis(axis: Axis, tile: int) -> tuple[torch.Tensor, torch.Tensor, torch
 
 @cached_tables
 def _halo_tables(nb: Sliding, height: int, width: int, tile: int, dtype: torch.dtype):
-    """For a non-dilated sliding neighbourhood: each tile's key block as flat indices into the
-    (padded) key map, ``(nT, Tk*Tk)``; the additive mask of the keys each query sees,
-    ``(nT, 1, T*T, Tk*Tk)``; and the relative-position index of every (query, block key) pair,
-    ``(nT, T*T, Tk*Tk)``."""
+    """Tables of the halo path for a non-dilated sliding neighbourhood on an ``height x width`` grid.
+
+    Returns:
+        ``(queries, keys, mask, rel)``: each tile's queries as flat indices into the grid,
+            ``(nT * T*T,)`` (positions past the border repeat the last row or column); each tile's
+            key block as flat indices into the (padded) key map, ``(nT, Tk*Tk)``; the additive mask
+            of the keys each query sees, ``(nT, 1, T*T, Tk*Tk)``; and the relative-position index of
+            every (query, block key) pair, ``(nT, T*T, Tk*Tk)``.
+    """
     axis_y, axis_x = nb.axis(height), nb.axis(width)
     ky, ay, ry = _halo_axis(axis_y, tile)
     kx, ax, rx = _halo_axis(axis_x, tile)
+    nty, ntx = ky.shape[0], kx.shape[0]
+    qy = torch.arange(nty * tile).clamp(max=height - 1).view(nty, 1, tile, 1)
+    qx = torch.arange(ntx * tile).clamp(max=width - 1).view(1, ntx, 1, tile)
+    queries = (qy * width + qx).reshape(-1)
     e = nb.kernel_size
     key_width = width + sum(axis_x.pad)
     keys = ky[:, None, :, None] * key_width + kx[None, :, None, :]
     allowed = ay[:, None, :, None, :, None] & ax[None, :, None, :, None, :]
     rel = (ry[:, None, :, None, :, None] + e - 1) * (2 * e - 1) + (rx[None, :, None, :, None, :] + e - 1)
-    n_tiles, block = ky.shape[0] * kx.shape[0], ky.shape[1] * kx.shape[1]
+    n_tiles, block = nty * ntx, ky.shape[1] * kx.shape[1]
     shape = (n_tiles, tile * tile, block)
-    return keys.reshape(n_tiles, block), _float_mask(allowed.reshape(shape), dtype).unsqueeze(1), rel.reshape(shape)
+    mask = _float_mask(allowed.reshape(shape), dtype).unsqueeze(1)
+    return queries, keys.reshape(n_tiles, block), mask, rel.reshape(shape)
 
 
 def _halo_group(module, q, k, v, nb: Sliding, tile: int) -> torch.Tensor:
     """Neighbourhood attention, non-dilated, for queries ``q`` ``(B, H, W, G, D)`` over keys and
     values ``(B, Hk, Wk, G, D)`` (``Hk = H + 2r`` under the zeros rule)."""
     source = module.source
-    b, h, w = q.shape[:3]
-    keys, mask, rel = _halo_tables(nb, h, w, tile, q.dtype, device=q.device)
+    b, h, w, groups, dim = q.shape
+    queries, keys, mask, rel = _halo_tables(nb, h, w, tile, q.dtype, device=q.device)
     mask = _add_bias(mask, source.bias(module, rel))
     nty, ntx = math.ceil(h / tile), math.ceil(w / tile)
-    if (nty * tile, ntx * tile) != (h, w):
-        q = F.pad(q, (0, 0, 0, 0, 0, ntx * tile - w, 0, nty * tile - h))
-    q = rearrange(q, "b (ty qy) (tx qx) g d -> b (ty tx) g (qy qx) d", qy=tile, qx=tile)
+    n_tiles, block = keys.shape
+    q = q.reshape(b, h * w, groups, dim).index_select(1, queries).view(b, n_tiles, tile * tile, groups, dim)
+    k, v = k.reshape(b, -1, groups, dim), v.reshape(b, -1, groups, dim)
+    keys = keys.flatten()
     # One sample at a time: the key blocks overlap (each key is copied into up to (Tk/T)^2 blocks)
     # and the mask varies over tiles, so batching would multiply both by B. Per sample, the fused
     # kernel still sees nT * G attention problems, and memory stays near that of window attention.
-    groups, dim = q.shape[2], q.shape[4]
     out = q.new_empty(b, nty, tile, ntx, tile, groups, dim)
     for i in range(b):
         o = F.scaled_dot_product_attention(
-            q[i],
-            k[i].flatten(0, 1)[keys].transpose(1, 2),  # (nT, G, Tk*Tk, D)
-            v[i].flatten(0, 1)[keys].transpose(1, 2),
+            q[i].transpose(1, 2),  # (nT, G, T*T, D)
+            k[i].index_select(0, keys).view(n_tiles, block, groups, dim).transpose(1, 2),
+            v[i].index_select(0, keys).view(n_tiles, block, groups, dim).transpose(1, 2),
             attn_mask=mask,
             scale=source.logit_scale,
         )
