@@ -75,6 +75,7 @@ class Aggregation(nn.Module):
     @path.setter
     def path(self, value: str) -> None:
         self._path = select_path(self.neighbourhood, self.source, value)
+        self._run = PATHS[self._path].run
 
     @property
     def paths(self) -> list[str]:
@@ -100,8 +101,8 @@ class Aggregation(nn.Module):
         """
         check_input(x, self.source.channels, self.channels_last)
         if self.channels_last:
-            return PATHS[self._path].run(self, x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return PATHS[self._path].run(self, x)
+            return self._run(self, x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self._run(self, x)
 
     def extra_repr(self) -> str:
         return f"{self.neighbourhood}, {self.source}, path={self._path!r}, channels_last={self.channels_last}"

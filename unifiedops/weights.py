@@ -18,6 +18,7 @@ preset's ``state_dict`` is that of the module it reproduces (``weight``/``bias``
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -124,7 +125,7 @@ class StaticKernel(WeightSource):
         super().__post_init__()
         _check_groups(self.channels, self.groups)
 
-    @property
+    @functools.cached_property
     def weight_groups(self) -> int:
         return _check_groups(self.channels, self.groups)
 
@@ -174,7 +175,7 @@ class SampleKernel(WeightSource):
         check_int("reduction", self.reduction, minimum=1)
         check_divisible("channels", self.channels, "reduction", self.reduction)
 
-    @property
+    @functools.cached_property
     def weight_groups(self) -> int:
         return _check_groups(self.channels, self.groups)
 
@@ -226,7 +227,7 @@ class PositionKernel(WeightSource):
         check_int("reduction", self.reduction, minimum=1)
         check_divisible("channels", self.channels, "reduction", self.reduction)
 
-    @property
+    @functools.cached_property
     def weight_groups(self) -> int:
         return _check_groups(self.channels, self.groups)
 
