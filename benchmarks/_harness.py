@@ -94,7 +94,7 @@ def paired_ratio(top: Timing, bottom: Timing) -> float:
     """
     if len(top.samples_s) != len(bottom.samples_s):
         raise ValueError("paired_ratio needs timings from the same loop")
-    return statistics.median(a / b for a, b in zip(top.samples_s, bottom.samples_s))
+    return statistics.median(a / b for a, b in zip(top.samples_s, bottom.samples_s, strict=True))
 
 
 def _timed_calls(run: Callable[[], object], calls: int, device: torch.device) -> float:

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 # Silence kineto's log lines (profiler start/stop, missing GPU) in the measuring processes.
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 
-from benchmarks._cases import CONFIGS, build_ops  # noqa: E402
+from benchmarks._cases import CONFIGS, build_ops
 
 __all__ = ["MIB", "PROBES", "MemoryProbe", "Probe", "check", "peak_bytes"]
 

@@ -37,9 +37,7 @@ FAST_PATHS = ("conv", "batched_conv", "shifted_sum", "window_sdpa", "halo_sdpa",
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:
     """``torch.testing.assert_close`` at the suite's float64 tolerances."""
-    torch.testing.assert_close(
-        actual, expected, rtol=RTOL, atol=ATOL, msg=(lambda m: f"{msg}: {m}") if msg else None
-    )
+    torch.testing.assert_close(actual, expected, rtol=RTOL, atol=ATOL, msg=(lambda m: f"{msg}: {m}") if msg else None)
 
 
 @torch.no_grad()
@@ -224,9 +222,7 @@ def window_cases(draw) -> Case:
     last = draw(st.booleans())
     geo = draw(_geometry())
     if draw(st.booleans()):
-        make = functools.partial(
-            WindowAttention, c, heads, size, shift, draw(st.booleans()), channels_last=last
-        )
+        make = functools.partial(WindowAttention, c, heads, size, shift, draw(st.booleans()), channels_last=last)
     else:
         nb = Window(size, shift=shift, border=draw(st.sampled_from(["zeros", "mask"])))
         make = functools.partial(Aggregation, nb, draw(_qk_source(c, heads)), channels_last=last)
@@ -261,7 +257,9 @@ def global_cases(draw) -> Case:
     if draw(st.booleans()):
         make = functools.partial(GlobalAttention, c, heads, draw(st.booleans()), channels_last=last)
     else:
-        make = functools.partial(Aggregation, Global(), draw(_qk_source(c, heads, rel_pos_bias=False)), channels_last=last)
+        make = functools.partial(
+            Aggregation, Global(), draw(_qk_source(c, heads, rel_pos_bias=False)), channels_last=last
+        )
     return Case(make, channels=c, channels_last=last, **geo)
 
 

@@ -38,7 +38,9 @@ MODULES = {
     "NeighborhoodAttention-dilated": functools.partial(NeighborhoodAttention, 4, 2, 3, 2),
     "NeighborhoodAttention-zeros": functools.partial(NeighborhoodAttention, 4, 2, 3, border="zeros"),
     "GlobalAttention": functools.partial(GlobalAttention, 4, 2),
-    "Window-mask": functools.partial(Aggregation, Window(3, 2, border="mask"), QKAttention(4, heads=2, rel_pos_bias=True)),
+    "Window-mask": functools.partial(
+        Aggregation, Window(3, 2, border="mask"), QKAttention(4, heads=2, rel_pos_bias=True)
+    ),
     "Sliding-mask-attention": functools.partial(Aggregation, Sliding(3, 1, "mask"), QKAttention(4, heads=1)),
     "SampleKernel-Point": functools.partial(Aggregation, Point(), SampleKernel(4, groups=2, reduction=2)),
     "PositionKernel-dilated": functools.partial(Aggregation, Sliding(3, 2, "mask"), PositionKernel(4, groups=2)),
@@ -73,7 +75,7 @@ def test_gradcheck_parameters(name, path):
     x = torch.randn(2, 4, 3, 4, dtype=F64, requires_grad=True)
 
     def f(x, *ps):
-        return functional_call(module, dict(zip(names, ps)), (x,))
+        return functional_call(module, dict(zip(names, ps, strict=True)), (x,))
 
     # fast_mode: gradcheck compares random projections of the Jacobians (vJu), which checks every
     # parameter's gradient at a fraction of the cost of building the full parameter Jacobian.
@@ -94,4 +96,6 @@ def test_gradcheck_detects_a_wrong_gradient():
 
     x = torch.randn(3, dtype=F64, requires_grad=True)
     for fast_mode in (False, True):
-        assert not gradcheck(Scaled.apply, (x,), eps=1e-6, atol=1e-7, rtol=1e-5, raise_exception=False, fast_mode=fast_mode)
+        assert not gradcheck(
+            Scaled.apply, (x,), eps=1e-6, atol=1e-7, rtol=1e-5, raise_exception=False, fast_mode=fast_mode
+        )

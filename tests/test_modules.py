@@ -39,8 +39,12 @@ LAYOUT_CASES = {
     "GlobalAttention": lambda last: GlobalAttention(6, 2, channels_last=last),
     "StaticKernel": lambda last: Aggregation(Sliding(3, 2), StaticKernel(6, groups=3), channels_last=last),
     "SampleKernel": lambda last: Aggregation(Sliding(5), SampleKernel(6, reduction=2), channels_last=last),
-    "PositionKernel": lambda last: Aggregation(Sliding(3, border="mask"), PositionKernel(6, groups=2, reduction=2), channels_last=last),
-    "Window-mask": lambda last: Aggregation(Window(4, 3, "mask"), QKAttention(6, heads=3, rel_pos_bias=True), channels_last=last),
+    "PositionKernel": lambda last: Aggregation(
+        Sliding(3, border="mask"), PositionKernel(6, groups=2, reduction=2), channels_last=last
+    ),
+    "Window-mask": lambda last: Aggregation(
+        Window(4, 3, "mask"), QKAttention(6, heads=3, rel_pos_bias=True), channels_last=last
+    ),
     "Point": lambda last: Aggregation(Point(), SampleKernel(6, groups=2, reduction=3), channels_last=last),
 }
 
@@ -91,7 +95,10 @@ def test_channels_last_default_is_channels_first():
             WindowAttention(8, 2, 3, 1),
             {"qkv.weight", "qkv.bias", "proj.weight", "proj.bias", "relative_position_bias_table"},
         ),
-        (WindowAttention(8, 2, 3, qkv_bias=False), {"qkv.weight", "proj.weight", "proj.bias", "relative_position_bias_table"}),
+        (
+            WindowAttention(8, 2, 3, qkv_bias=False),
+            {"qkv.weight", "proj.weight", "proj.bias", "relative_position_bias_table"},
+        ),
         (
             NeighborhoodAttention(8, 2, 3),
             {"qkv.weight", "qkv.bias", "proj.weight", "proj.bias", "relative_position_bias_table"},

@@ -108,7 +108,11 @@ def test_halo_grid(border, dilation, tile):
     for k, (h, w) in [(3, (3, 7)), (5, (5, 11)), (7, (4, 13)), (5, (9, 3)), (1, (3, 4))]:
         case = Case(
             functools.partial(Aggregation, Sliding(k, dilation, border), QKAttention(4, heads=2, rel_pos_bias=True)),
-            batch=2, height=h, width=w, channels=4, halo_tile=tile,
+            batch=2,
+            height=h,
+            width=w,
+            channels=4,
+            halo_tile=tile,
         )
         _check(case, 1000 * k + h, "halo_sdpa")
 
@@ -120,7 +124,10 @@ def test_window_grid(border, size, shift):
     for h, w in [(1, 1), (2, 5), (size, size), (size + 1, 2 * size), (7, 3)]:
         case = Case(
             functools.partial(Aggregation, Window(size, shift, border), QKAttention(6, heads=3, rel_pos_bias=True)),
-            batch=2, height=h, width=w, channels=6,
+            batch=2,
+            height=h,
+            width=w,
+            channels=6,
         )
         _check(case, 100 * h + w, "window_sdpa")
 
@@ -139,7 +146,10 @@ def test_window_grid(border, size, shift):
         (functools.partial(Aggregation, Point(), PositionKernel(4, groups=2, reduction=1)), "shifted_sum"),
         # attention without relative-position bias, custom scale, masked window border
         (functools.partial(Aggregation, Sliding(5, 2, "clamp"), QKAttention(6, heads=2, qkv_bias=False)), "halo_sdpa"),
-        (functools.partial(Aggregation, Window(4, 2, border="mask"), QKAttention(6, heads=3, scale=0.2)), "window_sdpa"),
+        (
+            functools.partial(Aggregation, Window(4, 2, border="mask"), QKAttention(6, heads=3, scale=0.2)),
+            "window_sdpa",
+        ),
         (functools.partial(Aggregation, Global(), QKAttention(6, heads=1, scale=1.3)), "global_sdpa"),
     ],
 )
@@ -161,7 +171,10 @@ def test_generic_combinations(make, path, channels_last):
         (functools.partial(DynamicDWConv, 8, 5), "batched_conv"),
         (functools.partial(Aggregation, Point(), SampleKernel(8, groups=4, reduction=2)), "batched_conv"),
         (functools.partial(InhomogeneousDWConv, 8, 3, groups=2), "shifted_sum"),
-        (functools.partial(Aggregation, Sliding(3, 2, "mask"), PositionKernel(8, groups=4, reduction=2)), "shifted_sum"),
+        (
+            functools.partial(Aggregation, Sliding(3, 2, "mask"), PositionKernel(8, groups=4, reduction=2)),
+            "shifted_sum",
+        ),
     ],
 )
 @pytest.mark.parametrize("batch", [2, 3])

@@ -9,9 +9,8 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from timm.models.swin_transformer import SwinTransformerBlock
+from timm.models.swin_transformer import SwinTransformerBlock, window_partition, window_reverse
 from timm.models.swin_transformer import WindowAttention as TimmWindowAttention
-from timm.models.swin_transformer import window_partition, window_reverse
 from torch import nn
 
 from helpers import F64, assert_close, randomize_
@@ -248,7 +247,9 @@ def test_clamped_neighbourhood_covering_image_equals_global(k, h, w, which):
 
 def _timm_block(dim, heads, window, shift, resolution, seed):
     torch.manual_seed(seed)
-    block = SwinTransformerBlock(dim, input_resolution=resolution, num_heads=heads, window_size=window, shift_size=shift)
+    block = SwinTransformerBlock(
+        dim, input_resolution=resolution, num_heads=heads, window_size=window, shift_size=shift
+    )
     assert block.window_size == (window, window) and block.shift_size == (shift, shift), "timm resized the window"
     randomize_(block.attn)
     return block.double().eval()

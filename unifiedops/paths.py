@@ -178,7 +178,7 @@ def _window_tables(nb: Window, height: int, width: int, dtype: torch.dtype):
 
 def _run_window_sdpa(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
     nb, source = module.neighbourhood, module.source
-    b, c, h, w = x.shape
+    h, w = x.shape[2:]
     ws, s = nb.size, nb.shift
     hp, wp = nb.padded_length(h), nb.padded_length(w)
     x = x.permute(0, 2, 3, 1)
@@ -314,7 +314,7 @@ def _run_halo_sdpa(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
 
 def _run_global_sdpa(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
     source = module.source
-    b, c, h, w = x.shape
+    h = x.shape[2]
     q, k, v = rearrange(source.project(module, x.permute(0, 2, 3, 1)), "t b h w g d -> t b g (h w) d")
     o = F.scaled_dot_product_attention(q, k, v, scale=source.logit_scale)
     return source.finish(module, rearrange(o, "b g (h w) d -> b (g d) h w", h=h))
