@@ -7,6 +7,7 @@ import torch
 
 from unifiedops import (
     Aggregation,
+    DenseKernel,
     DWConv,
     DynamicDWConv,
     Global,
@@ -45,7 +46,11 @@ from unifiedops import (
         (lambda: DWConv(8, 0), r"kernel_size"),
         (lambda: DWConv(8, 3, 0), r"dilation"),
         (lambda: NeighborhoodAttention(8, 2, 3, border="wrap"), r"border"),
-        (lambda: Sliding(3, border="reflect"), r"border"),
+        (lambda: Sliding(3, border="wrap"), r"border"),
+        (lambda: Sliding(3, stride=0), r"stride"),
+        (lambda: DenseKernel(4, 6, groups=4), r"out_channels"),
+        (lambda: QKAttention(4, projection="fused"), r"projection"),
+        (lambda: QKAttention(4, heads=4, value_channels=6), r"value_channels"),
         (lambda: Window(3, border="clamp"), r"border"),
         (lambda: DWConv(8, 3, path="fast"), r"path"),
         (lambda: DWConv(8, 3, path="window_sdpa"), r"path"),

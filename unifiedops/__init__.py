@@ -12,7 +12,7 @@ from unifiedops.instances import (
 )
 from unifiedops.neighbourhoods import BORDERS, Global, Neighbourhood, Point, Sliding, Window
 from unifiedops.paths import PATHS, applicable_paths
-from unifiedops.weights import PositionKernel, QKAttention, SampleKernel, StaticKernel, WeightSource
+from unifiedops.weights import DenseKernel, PositionKernel, QKAttention, SampleKernel, StaticKernel, WeightSource
 
 __version__ = "0.1.0"
 
@@ -21,6 +21,7 @@ __all__ = [
     "PATHS",
     "Aggregation",
     "DWConv",
+    "DenseKernel",
     "DynamicDWConv",
     "Global",
     "GlobalAttention",

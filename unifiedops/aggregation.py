@@ -25,15 +25,19 @@ class Aggregation(nn.Module):
     Args:
         neighbourhood: A [`Sliding`][unifiedops.Sliding], [`Window`][unifiedops.Window],
             [`Global`][unifiedops.Global] or [`Point`][unifiedops.Point].
-        source: A [`StaticKernel`][unifiedops.StaticKernel], [`SampleKernel`][unifiedops.SampleKernel],
-            [`PositionKernel`][unifiedops.PositionKernel] or [`QKAttention`][unifiedops.QKAttention].
+        source: A weight source: [`StaticKernel`][unifiedops.StaticKernel],
+            [`DenseKernel`][unifiedops.DenseKernel], [`SampleKernel`][unifiedops.SampleKernel],
+            [`PositionKernel`][unifiedops.PositionKernel], [`QKAttention`][unifiedops.QKAttention], or
+            another [`WeightSource`][unifiedops.WeightSource].
         path: ``"auto"`` or a name from [`PATHS`][unifiedops.paths.PATHS].
         channels_last: Take and return ``(B, H, W, C)`` instead of ``(B, C, H, W)``; no copy is
             made at the boundary.
 
     Shape:
         - Input: ``(B, C, H, W)``, or ``(B, H, W, C)`` with ``channels_last``.
-        - Output: same shape as the input.
+        - Output: ``(B, O, Ho, Wo)`` in the same layout: ``O`` is the source's ``out_channels``
+          (``C`` unless it mixes channels), ``Ho x Wo`` the input size unless the neighbourhood has a
+          stride.
 
     Examples:
         >>> import torch
@@ -97,7 +101,7 @@ class Aggregation(nn.Module):
             x: ``(B, C, H, W)``, or ``(B, H, W, C)`` with ``channels_last``.
 
         Returns:
-            Tensor of the input's shape.
+            ``(B, O, Ho, Wo)``, or ``(B, Ho, Wo, O)`` with ``channels_last``.
         """
         check_input(x, self.source.channels, self.channels_last)
         if self.channels_last:

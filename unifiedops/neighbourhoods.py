@@ -35,11 +35,13 @@ __all__ = [
     "layout",
 ]
 
-BORDERS = ("zeros", "clamp", "mask")
+BORDERS = ("zeros", "reflect", "clamp", "mask")
 """Border rules of a sliding neighbourhood.
 
 * ``"zeros"``: the module input is zero-padded, as in a zero-padded convolution; padded positions
   are neighbours like any other (for attention their keys and values are the projections of zero).
+* ``"reflect"``: the input is reflection-padded (``F.pad(mode="reflect")``, as ACmix pads its keys
+  and values); the input must be longer than the padding on each axis.
 * ``"clamp"``: NATTEN's rule; near a border the window slides to stay inside the image, so every
   position keeps ``k`` real neighbours (all of the axis when it is shorter than ``k``).
 * ``"mask"``: out-of-image neighbours are excluded (zero weight; left out of the softmax).
@@ -47,13 +49,14 @@ BORDERS = ("zeros", "clamp", "mask")
 
 
 class Axis(NamedTuple):
-    """The neighbourhood along one image axis of length ``L``.
+    """The neighbourhood along one image axis of length ``L``, read by ``Lo`` output positions
+    (``Lo = ceil(L / stride)``; ``Lo = L`` without a stride).
 
     Attributes:
-        pad: Zeros added before and after the axis of the module input, ``(before, after)``.
-        index: ``(L, k)`` long; slot ``a`` of position ``i`` reads padded position ``index[i, a]``.
-        valid: ``(L, k)`` bool; whether that slot is a real neighbour.
-        rel: ``(L, k)`` long; query minus key position in neighbourhood units (Swin's convention),
+        pad: Padding added before and after the axis of the module input, ``(before, after)``.
+        index: ``(Lo, k)`` long; slot ``a`` of output ``i`` reads padded position ``index[i, a]``.
+        valid: ``(Lo, k)`` bool; whether that slot is a real neighbour.
+        rel: ``(Lo, k)`` long; query minus key position in neighbourhood units (Swin's convention),
             in ``[-(extent - 1), extent - 1]``.
         extent: Half-width of the relative-position range; a bias table needs ``2 * extent - 1``
             entries per axis.
@@ -90,6 +93,16 @@ class Neighbourhood:
         """Neighbours per axis (``k``), or ``None`` when it depends on the input size."""
         raise NotImplementedError
 
+    @property
+    def pad_mode(self) -> str:
+        """How the input is padded: ``"constant"`` (zeros) or ``"reflect"``."""
+        return "constant"
+
+    @property
+    def step(self) -> int:
+        """Distance between consecutive output positions (the stride); 1 keeps the input size."""
+        return 1
+
 
 @dataclass(frozen=True)
 class Sliding(Neighbourhood):
@@ -99,6 +112,9 @@ class Sliding(Neighbourhood):
         kernel_size: Odd window size ``k``.
         dilation: Spacing between the window's taps.
         border: One of [`BORDERS`][unifiedops.BORDERS]: what happens where the window leaves the image.
+        stride: Keep every ``stride``-th output position along each axis, starting at the first
+            (a strided convolution; ACmix's strided attention). The output is
+            ``ceil(H / stride) x ceil(W / stride)``.
 
     Examples:
         >>> from unifiedops import Sliding
@@ -109,6 +125,7 @@ class Sliding(Neighbourhood):
     kernel_size: int
     dilation: int = 1
     border: str = "zeros"
+    stride: int = 1
 
     def __post_init__(self) -> None:
         check_int("kernel_size", self.kernel_size, minimum=1)
@@ -116,12 +133,38 @@ class Sliding(Neighbourhood):
             raise ValueError(f"kernel_size must be odd, got kernel_size={self.kernel_size}")
         check_int("dilation", self.dilation, minimum=1)
         check_choice("border", self.border, BORDERS)
+        check_int("stride", self.stride, minimum=1)
 
     @property
     def slots(self) -> int:
         return self.kernel_size
 
+    @property
+    def pad_mode(self) -> str:
+        return "reflect" if self.border == "reflect" else "constant"
+
+    @property
+    def step(self) -> int:
+        return self.stride
+
+    def check_reflectable(self, *lengths: int) -> None:
+        """Raise unless reflection padding fits every axis length (it must be shorter than the axis)."""
+        pad = self.dilation * (self.kernel_size // 2)
+        for length in lengths:
+            if self.border == "reflect" and pad >= length:
+                raise ValueError(
+                    f"border='reflect' pads {pad} on each side, which needs an input longer than that "
+                    f"along every axis; got a length of {length}"
+                )
+
     def axis(self, length: int) -> Axis:
+        full = self._full_axis(length)
+        if self.stride == 1:
+            return full
+        s = self.stride
+        return Axis(full.pad, full.index[::s], full.valid[::s], full.rel[::s], full.extent)
+
+    def _full_axis(self, length: int) -> Axis:
         k, d, r = self.kernel_size, self.dilation, self.kernel_size // 2
         i = torch.arange(length)[:, None]
         a = torch.arange(k)[None, :]
@@ -138,7 +181,8 @@ class Sliding(Neighbourhood):
             rel = ii - jj
             return Axis((0, 0), index, valid, rel, k)
         rel = (r - a).expand(length, k)
-        if self.border == "zeros":
+        if self.border in ("zeros", "reflect"):
+            self.check_reflectable(length)
             index = i + d * a
             return Axis((d * r, d * r), index, torch.ones_like(index, dtype=torch.bool), rel, k)
         j = i + d * (a - r)
@@ -252,16 +296,20 @@ class Layout(NamedTuple):
     """The 2-D neighbourhood of an ``H x W`` input, flattened for gathering.
 
     Attributes:
-        pad: ``(left, right, top, bottom)`` zero padding of the module input, as for ``F.pad``.
+        pad: ``(left, right, top, bottom)`` padding of the module input, as for ``F.pad``.
+        pad_mode: ``"constant"`` (zeros) or ``"reflect"``, as for ``F.pad``.
         padded_size: ``(Hp, Wp)`` after padding.
-        index: ``(H*W, K)`` long; flat indices into the padded ``Hp*Wp`` grid.
-        valid: ``(H*W, K)`` bool.
-        centre: ``(H*W,)`` long; each output position's own flat index in the padded grid.
-        rel_index: ``(H*W, K)`` long; index into a ``(2*Eh-1)*(2*Ew-1)`` relative-position table.
+        out_size: ``(Ho, Wo)``, the output positions (the input size unless strided).
+        index: ``(Ho*Wo, K)`` long; flat indices into the padded ``Hp*Wp`` grid.
+        valid: ``(Ho*Wo, K)`` bool.
+        centre: ``(Ho*Wo,)`` long; each output position's own flat index in the padded grid.
+        rel_index: ``(Ho*Wo, K)`` long; index into a ``(2*Eh-1)*(2*Ew-1)`` relative-position table.
     """
 
     pad: tuple[int, int, int, int]
+    pad_mode: str
     padded_size: tuple[int, int]
+    out_size: tuple[int, int]
     index: torch.Tensor
     valid: torch.Tensor
     centre: torch.Tensor
@@ -272,17 +320,20 @@ class Layout(NamedTuple):
 def _layout(neighbourhood: Neighbourhood, height: int, width: int) -> Layout:
     ay, ax = neighbourhood.axis(height), neighbourhood.axis(width)
     hp, wp = height + sum(ay.pad), width + sum(ax.pad)
-    ky, kx = ay.index.shape[1], ax.index.shape[1]
+    (ho, ky), (wo, kx) = ay.index.shape, ax.index.shape
     index = ay.index[:, None, :, None] * wp + ax.index[None, :, None, :]
     valid = ay.valid[:, None, :, None] & ax.valid[None, :, None, :]
     rel = (ay.rel[:, None, :, None] + ay.extent - 1) * (2 * ax.extent - 1) + (ax.rel[None, :, None, :] + ax.extent - 1)
-    iy = torch.arange(height) + ay.pad[0]
-    ix = torch.arange(width) + ax.pad[0]
+    step = neighbourhood.step
+    iy = torch.arange(0, height, step) + ay.pad[0]
+    ix = torch.arange(0, width, step) + ax.pad[0]
     centre = (iy[:, None] * wp + ix[None, :]).reshape(-1)
-    shape = (height * width, ky * kx)
+    shape = (ho * wo, ky * kx)
     return Layout(
         pad=(ax.pad[0], ax.pad[1], ay.pad[0], ay.pad[1]),
+        pad_mode=neighbourhood.pad_mode,
         padded_size=(hp, wp),
+        out_size=(ho, wo),
         index=index.reshape(shape),
         valid=valid.reshape(shape),
         centre=centre,
@@ -300,6 +351,6 @@ def layout(neighbourhood: Neighbourhood, height: int, width: int, device: torch.
         device: Device for the index tensors.
 
     Returns:
-        A [`Layout`][unifiedops.neighbourhoods.Layout] with ``H*W`` rows of ``K = ky*kx`` slots.
+        A [`Layout`][unifiedops.neighbourhoods.Layout] with ``Ho*Wo`` rows of ``K = ky*kx`` slots.
     """
     return _layout(neighbourhood, height, width, device=device)

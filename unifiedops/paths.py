@@ -4,16 +4,18 @@ The reference path evaluates ``y_i = sum_j w_ij * x_j`` literally: gather every 
 sum. The fast paths compute the same thing with the kernels PyTorch already has. Which fast path
 applies follows from the neighbourhood and the weight source:
 
-| path | neighbourhood | weight source | computes with |
+| path | neighbourhood | weights (``dynamism``) | computes with |
 |---|---|---|---|
-| ``conv`` | Sliding (zeros, mask), Point | StaticKernel | ``F.conv2d(groups=C)`` |
-| ``batched_conv`` | Sliding (zeros, mask), Point | SampleKernel | one ``F.conv2d(groups=B*C)`` |
-| ``shifted_sum`` | Sliding (zeros, mask), Point | PositionKernel | ``k*k`` shifted multiply-adds |
-| ``window_sdpa`` | Window | QKAttention | SDPA over windows |
-| ``halo_sdpa`` | Sliding (any border) | QKAttention | SDPA over query tiles and haloed key blocks |
-| ``global_sdpa`` | Global | QKAttention | SDPA |
+| ``conv`` | Sliding (zeros, reflect, mask), Point | static kernels | ``F.conv2d`` |
+| ``batched_conv`` | Sliding (zeros, reflect, mask), Point | per-sample kernels | one ``F.conv2d(groups=B*groups)`` |
+| ``shifted_sum`` | Sliding (zeros, reflect, mask), Point | per-position kernels | ``k*k`` shifted multiply-adds |
+| ``window_sdpa`` | Window | q.k attention | SDPA over windows |
+| ``halo_sdpa`` | Sliding (any border; not both strided and dilated) | q.k attention | SDPA over query tiles and haloed key blocks |
+| ``global_sdpa`` | Global | q.k attention | SDPA |
 
-Every path takes and returns ``(B, C, H, W)`` tensors of any memory format.
+Every path takes and returns ``(B, C, H, W)`` tensors of any memory format. The attention paths
+and the reference path also take the ``q, k, v`` projections of the input when a composite
+operator has already computed them (ACmix shares them with its convolution branch).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from einops import rearrange
 
 from unifiedops._cache import cached_tables
 from unifiedops.neighbourhoods import Axis, Global, Neighbourhood, Point, Sliding, Window, layout
-from unifiedops.weights import PositionKernel, QKAttention, SampleKernel, StaticKernel, WeightSource
+from unifiedops.weights import ConvKernelSource, QKAttention, WeightSource
 
 if TYPE_CHECKING:
     from unifiedops.aggregation import Aggregation
@@ -44,7 +46,8 @@ class Path:
     Attributes:
         name: The name callers pass as ``path=``.
         applies: Whether the path can compute a given (neighbourhood, weight source).
-        run: ``run(module, x) -> y`` on ``(B, C, H, W)`` tensors.
+        run: ``run(module, x) -> y`` on ``(B, C, H, W)`` tensors; the attention and reference
+            paths also accept ``projected=`` ``(3, B, H, W, heads, head_dim)``.
     """
 
     name: str
@@ -55,75 +58,97 @@ class Path:
 # --- reference ---------------------------------------------------------------------------------
 
 
-def _run_reference(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
+def _run_reference(module: Aggregation, x: torch.Tensor, projected: torch.Tensor | None = None) -> torch.Tensor:
     source = module.source
-    b, c, h, w = x.shape
-    lay = layout(module.neighbourhood, h, w, x.device)
-    padded = F.pad(x, lay.pad)
-    values, weights = source.reference(module, x, padded, lay)
+    b = x.shape[0]
+    lay = layout(module.neighbourhood, *x.shape[2:], x.device)
+    padded = F.pad(x, lay.pad, mode=lay.pad_mode) if any(lay.pad) else x
+    extra = {} if projected is None else {"projected": projected}
+    values, weights = source.reference(module, x, padded, lay, **extra)
     neighbours = values[:, :, lay.index].masked_fill(~lay.valid, 0)  # (B, C, P, K)
-    neighbours = neighbours.unflatten(1, (source.weight_groups, -1))  # (B, G, C/G, P, K)
-    y = (neighbours * weights.unsqueeze(2)).sum(-1)
-    return source.finish(module, y.reshape(b, c, h, w))
+    if source.dense:
+        # weights (Bw, O, C/g, Pw, K): output channel o of group g reads the group's input channels.
+        groups = source.conv_groups
+        neighbours = neighbours.unflatten(1, (groups, -1))  # (B, g, C/g, P, K)
+        weights = weights.unflatten(1, (groups, -1)).expand(b, -1, -1, -1, neighbours.shape[3], -1)
+        y = torch.einsum("bgipk,bgoipk->bgop", neighbours, weights)
+    else:
+        neighbours = neighbours.unflatten(1, (source.weight_groups, -1))  # (B, G, C/G, P, K)
+        y = (neighbours * weights.unsqueeze(2)).sum(-1)
+    return source.finish(module, y.reshape(b, source.out_channels, *lay.out_size))
 
 
 # --- convolutions ------------------------------------------------------------------------------
 
 
 def _conv_neighbourhood(nb: Neighbourhood) -> bool:
-    return isinstance(nb, Point) or (isinstance(nb, Sliding) and nb.border in ("zeros", "mask"))
+    return isinstance(nb, Point) or (isinstance(nb, Sliding) and nb.border in ("zeros", "reflect", "mask"))
 
 
-def _conv_geometry(nb: Neighbourhood) -> tuple[int, int, int]:
-    """``(kernel_size, padding, dilation)`` of the equivalent zero-padded convolution."""
+def _conv_geometry(nb: Neighbourhood) -> tuple[int, int, int, int]:
+    """``(kernel_size, padding, dilation, stride)`` of the equivalent zero-padded convolution."""
     if isinstance(nb, Point):
-        return 1, 0, 1
-    return nb.kernel_size, nb.dilation * (nb.kernel_size // 2), nb.dilation
+        return 1, 0, 1, 1
+    return nb.kernel_size, nb.dilation * (nb.kernel_size // 2), nb.dilation, nb.stride
 
 
-def _per_channel(kernel: torch.Tensor, groups: int, channels: int, dim: int) -> torch.Tensor:
-    return kernel if groups == channels else kernel.repeat_interleave(channels // groups, dim)
+def _pad_for_conv(nb: Neighbourhood, x: torch.Tensor, padding: int) -> tuple[torch.Tensor, int]:
+    """F.conv2d pads with zeros only: another border rule pads first and convolves unpadded."""
+    if padding and nb.pad_mode != "constant":
+        return F.pad(x, (padding,) * 4, mode=nb.pad_mode), 0
+    return x, padding
 
 
 def _run_conv(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
     source = module.source
-    _, padding, dilation = _conv_geometry(module.neighbourhood)
-    weight = _per_channel(module.weight, source.weight_groups, source.channels, 0)
-    return F.conv2d(x, weight, module.bias, padding=padding, dilation=dilation, groups=source.channels)
+    _, padding, dilation, stride = _conv_geometry(module.neighbourhood)
+    x, padding = _pad_for_conv(module.neighbourhood, x, padding)
+    weight = source.conv_weight(module, x)[0]
+    bias = source.conv_bias(module)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, source.conv_groups)
 
 
 def _run_batched_conv(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
     source = module.source
     b, c, h, w = x.shape
-    k, padding, dilation = _conv_geometry(module.neighbourhood)
-    kernel = _per_channel(source.kernel(module, x).reshape(b, -1, k, k), source.weight_groups, c, 1)
+    _, padding, dilation, stride = _conv_geometry(module.neighbourhood)
+    weight = source.conv_weight(module, x)  # (B, O, C/g, k, k), read before any padding
+    x, padding = _pad_for_conv(module.neighbourhood, x, padding)
     # Folding the batch into the channels turns B different kernels into one grouped conv; the
     # bias rides along in the same call instead of costing another pass over the output.
-    bias = None if module.bias is None else module.bias.repeat(b)
+    bias = source.conv_bias(module)
+    bias = None if bias is None else bias.repeat(b)
     y = F.conv2d(
-        x.reshape(1, b * c, h, w),
-        kernel.reshape(b * c, 1, k, k),
+        x.reshape(1, b * c, *x.shape[2:]),
+        weight.reshape(-1, *weight.shape[2:]),
         bias,
-        padding=padding,
-        dilation=dilation,
-        groups=b * c,
+        stride,
+        padding,
+        dilation,
+        b * source.conv_groups,
     )
-    return y.view(b, c, h, w)
+    return y.view(b, -1, *y.shape[2:])
 
 
 def _run_shifted_sum(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
-    source = module.source
+    nb, source = module.neighbourhood, module.source
     b, c, h, w = x.shape
-    k, padding, dilation = _conv_geometry(module.neighbourhood)
+    k, padding, dilation, stride = _conv_geometry(nb)
     groups = source.weight_groups
-    kernel = source.kernel(module, x).unsqueeze(2)  # (B, G, 1, K, H, W)
-    padded = F.pad(x, (padding,) * 4).unflatten(1, (groups, c // groups))
+    kernel = source.kernel(module, x)  # (B, G, K, H, W)
+    if stride > 1:
+        kernel = kernel[..., ::stride, ::stride]
+    ho, wo = kernel.shape[-2:]
+    kernel = kernel.unsqueeze(2)  # (B, G, 1, K, Ho, Wo)
+    padded = F.pad(x, (padding,) * 4, mode=nb.pad_mode) if padding else x
+    padded = padded.unflatten(1, (groups, c // groups))
+    span_y, span_x = (ho - 1) * stride + 1, (wo - 1) * stride + 1
     # One multiply-add per kernel tap keeps memory at a few copies of x, unlike unfolding K of them.
-    y = x.new_zeros(b, groups, c // groups, h, w)
+    y = x.new_zeros(b, groups, c // groups, ho, wo)
     for tap in range(k * k):
         dy, dx = (tap // k) * dilation, (tap % k) * dilation
-        y.addcmul_(padded[..., dy : dy + h, dx : dx + w], kernel[:, :, :, tap])
-    return source.finish(module, y.view(b, c, h, w))
+        y.addcmul_(padded[..., dy : dy + span_y : stride, dx : dx + span_x : stride], kernel[:, :, :, tap])
+    return source.finish(module, y.view(b, c, ho, wo))
 
 
 # --- attention ---------------------------------------------------------------------------------
@@ -176,21 +201,28 @@ def _window_tables(nb: Window, height: int, width: int, dtype: torch.dtype):
     return (None if bool(allowed.all()) else _float_mask(allowed, dtype)), rel_index
 
 
-def _run_window_sdpa(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
+def _run_window_sdpa(module: Aggregation, x: torch.Tensor, projected: torch.Tensor | None = None) -> torch.Tensor:
     nb, source = module.neighbourhood, module.source
     h, w = x.shape[2:]
     ws, s = nb.size, nb.shift
     hp, wp = nb.padded_length(h), nb.padded_length(w)
-    x = x.permute(0, 2, 3, 1)
-    if (hp, wp) != (h, w):
-        x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
-    if s:
-        x = torch.roll(x, (-s, -s), (1, 2))
-    mask, rel_index = _window_tables(nb, h, w, x.dtype, device=x.device)
+    if projected is None:
+        # Padding and rolling the input rather than q, k, v moves a third of the data.
+        x = x.permute(0, 2, 3, 1)
+        if (hp, wp) != (h, w):
+            x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
+        if s:
+            x = torch.roll(x, (-s, -s), (1, 2))
+        qkv = source.project(module, x)
+    else:
+        qkv = source.pad_projected(module, projected, (0, wp - w, 0, hp - h), "constant")
+        if s:
+            qkv = torch.roll(qkv, (-s, -s), (2, 3))
+    mask, rel_index = _window_tables(nb, h, w, qkv.dtype, device=qkv.device)
     mask = _add_bias(mask, source.bias(module, rel_index))
     if mask is not None and mask.dim() == 3:
         mask = mask.unsqueeze(0)
-    qkv = rearrange(source.project(module, x), "t b (nh wh) (nw ww) g d -> t b (nh nw) g (wh ww) d", wh=ws, ww=ws)
+    qkv = rearrange(qkv, "t b (nh wh) (nw ww) g d -> t b (nh nw) g (wh ww) d", wh=ws, ww=ws)
     o = _attention(qkv[0], qkv[1], qkv[2], mask, source.logit_scale)
     o = rearrange(o, "b (nh nw) g (wh ww) d -> b (nh wh) (nw ww) (g d)", nh=hp // ws, wh=ws)
     if s:
@@ -198,9 +230,10 @@ def _run_window_sdpa(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
     return source.finish(module, o[:, :h, :w].permute(0, 3, 1, 2))
 
 
-def _halo_axis(axis: Axis, tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Tile one axis: queries in tiles of ``tile``, keys in one block per tile holding every
-    neighbour of its queries.
+def _halo_axis(axis: Axis, tile: int, in_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tile one axis: queries (the axis' output positions) in tiles of ``tile``, keys (positions of
+    the padded input, ``in_length`` before padding) in one block per tile holding every neighbour of
+    its queries.
 
     Returns:
         ``(keys, allowed, rel)``: block key indices ``(nT, Tk)``; whether query ``q`` of tile
@@ -215,7 +248,7 @@ def _halo_axis(axis: Axis, tile: int) -> tuple[torch.Tensor, torch.Tensor, torch
     lo = torch.full((n_tiles,), big).scatter_reduce(0, tile_of, lo, "amin")
     hi = torch.full((n_tiles,), -1).scatter_reduce(0, tile_of, hi, "amax")
     block = int((hi - lo).max()) + 1
-    keys_len = length + sum(axis.pad)
+    keys_len = in_length + sum(axis.pad)
     start = torch.clamp(lo, max=keys_len - block)
     keys = start[:, None] + torch.arange(block)
     # hit[i, a, m]: slot a of query i is key m of its tile's block.
@@ -231,22 +264,23 @@ def _halo_axis(axis: Axis, tile: int) -> tuple[torch.Tensor, torch.Tensor, torch
 
 @cached_tables
 def _halo_tables(nb: Sliding, height: int, width: int, tile: int, dtype: torch.dtype):
-    """Tables of the halo path for a non-dilated sliding neighbourhood on an ``height x width`` grid.
+    """Tables of the halo path for a non-dilated sliding neighbourhood on an ``height x width`` input.
 
     Returns:
-        ``(queries, keys, mask, rel)``: each tile's queries as flat indices into the grid,
+        ``(queries, keys, mask, rel)``: each tile's queries as flat indices into the output grid,
             ``(nT * T*T,)`` (positions past the border repeat the last row or column); each tile's
             key block as flat indices into the (padded) key map, ``(nT, Tk*Tk)``; the additive mask
             of the keys each query sees, ``(nT, 1, T*T, Tk*Tk)``; and the relative-position index of
             every (query, block key) pair, ``(nT, T*T, Tk*Tk)``.
     """
     axis_y, axis_x = nb.axis(height), nb.axis(width)
-    ky, ay, ry = _halo_axis(axis_y, tile)
-    kx, ax, rx = _halo_axis(axis_x, tile)
+    ho, wo = axis_y.index.shape[0], axis_x.index.shape[0]
+    ky, ay, ry = _halo_axis(axis_y, tile, height)
+    kx, ax, rx = _halo_axis(axis_x, tile, width)
     nty, ntx = ky.shape[0], kx.shape[0]
-    qy = torch.arange(nty * tile).clamp(max=height - 1).view(nty, 1, tile, 1)
-    qx = torch.arange(ntx * tile).clamp(max=width - 1).view(1, ntx, 1, tile)
-    queries = (qy * width + qx).reshape(-1)
+    qy = torch.arange(nty * tile).clamp(max=ho - 1).view(nty, 1, tile, 1)
+    qx = torch.arange(ntx * tile).clamp(max=wo - 1).view(1, ntx, 1, tile)
+    queries = (qy * wo + qx).reshape(-1)
     e = nb.kernel_size
     key_width = width + sum(axis_x.pad)
     keys = ky[:, None, :, None] * key_width + kx[None, :, None, :]
@@ -258,16 +292,17 @@ def _halo_tables(nb: Sliding, height: int, width: int, tile: int, dtype: torch.d
     return queries, keys.reshape(n_tiles, block), mask, rel.reshape(shape)
 
 
-def _halo_group(module, q, k, v, nb: Sliding, tile: int) -> torch.Tensor:
-    """Neighbourhood attention, non-dilated, for queries ``q`` ``(B, H, W, G, D)`` over keys and
-    values ``(B, Hk, Wk, G, D)`` (``Hk = H + 2r`` under the zeros rule)."""
+def _halo_group(module, q, k, v, nb: Sliding, tile: int, size: tuple[int, int]) -> torch.Tensor:
+    """Neighbourhood attention, non-dilated, for queries ``q`` ``(B, Ho, Wo, G, D)`` (the output
+    positions) over keys and values ``(B, Hk, Wk, G, D)`` of an input of ``size`` (``Hk = H + 2r``
+    when the border pads)."""
     source = module.source
-    b, h, w, groups, dim = q.shape
-    queries, keys, mask, rel = _halo_tables(nb, h, w, tile, q.dtype, device=q.device)
+    b, ho, wo, groups, dim = q.shape
+    queries, keys, mask, rel = _halo_tables(nb, *size, tile, q.dtype, device=q.device)
     mask = _add_bias(mask, source.bias(module, rel))
-    nty, ntx = math.ceil(h / tile), math.ceil(w / tile)
+    nty, ntx = math.ceil(ho / tile), math.ceil(wo / tile)
     n_tiles, block = keys.shape
-    q = q.reshape(b, h * w, groups, dim).index_select(1, queries).view(b, n_tiles, tile * tile, groups, dim)
+    q = q.reshape(b, ho * wo, groups, dim).index_select(1, queries).view(b, n_tiles, tile * tile, groups, dim)
     k, v = k.reshape(b, -1, groups, dim), v.reshape(b, -1, groups, dim)
     keys = keys.flatten()
     # One sample at a time: the key blocks overlap (each key is copied into up to (Tk/T)^2 blocks)
@@ -284,38 +319,52 @@ def _halo_group(module, q, k, v, nb: Sliding, tile: int) -> torch.Tensor:
         )
         # Written straight into the output layout: a rearranged copy would be copied again.
         out[i] = o.view(nty, ntx, groups, tile, tile, dim).permute(0, 3, 1, 4, 2, 5)
-    return out.view(b, nty * tile, ntx * tile, groups * dim)[:, :h, :w]
+    return out.view(b, nty * tile, ntx * tile, groups * dim)[:, :ho, :wo]
 
 
-def _run_halo_sdpa(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
+def _run_halo_sdpa(module: Aggregation, x: torch.Tensor, projected: torch.Tensor | None = None) -> torch.Tensor:
     nb, source = module.neighbourhood, module.source
-    b, c, h, w = x.shape
-    d, r = nb.dilation, nb.kernel_size // 2
-    halo = d * r if nb.border == "zeros" else 0
-    x = x.permute(0, 2, 3, 1)
-    if halo:
-        x = F.pad(x, (0, 0, halo, halo, halo, halo))
-    q, k, v = source.project(module, x)
-    q = q[:, halo : halo + h, halo : halo + w]
-    # A dilated neighbourhood is d*d interleaved non-dilated ones (NATTEN's dilation groups).
-    base = Sliding(nb.kernel_size, 1, nb.border)
+    b, _, h, w = x.shape
+    d, r, s = nb.dilation, nb.kernel_size // 2, nb.stride
+    pads = nb.border in ("zeros", "reflect")
+    halo = d * r if pads else 0
+    if projected is None and nb.border == "zeros":
+        # Padding the input rather than q, k, v moves a third of the data.
+        x = x.permute(0, 2, 3, 1)
+        q, k, v = source.project(module, F.pad(x, (0, 0, halo, halo, halo, halo)) if halo else x)
+    else:
+        if projected is None:
+            projected = source.project(module, x.permute(0, 2, 3, 1))
+        if nb.border == "reflect":
+            nb.check_reflectable(h, w)
+        q, k, v = source.pad_projected(module, projected, (halo,) * 4, nb.pad_mode)
+    pe = source.position_embedding(module, h, w, (halo,) * 4, nb.pad_mode, q)
+    if pe is not None:
+        k = k - pe[:, :, None, :]  # q_i . pe_i is the same for every key: it cancels in the softmax
+    q = q[:, halo : halo + h : s, halo : halo + w : s]
+    # Tables of a zero-padded and a reflected window are the same: both read the padded map.
+    base = Sliding(nb.kernel_size, 1, "zeros" if pads else nb.border, s)
     tile = module.halo_tile or nb.kernel_size
     if d == 1:
-        o = _halo_group(module, q, k, v, base, tile)
+        o = _halo_group(module, q, k, v, base, tile, (h, w))
     else:
-        o = x.new_empty(b, h, w, c)
+        # A dilated neighbourhood is d*d interleaved non-dilated ones (NATTEN's dilation groups).
+        o = q.new_empty(b, h, w, source.out_channels)
         for gy in range(d):
             for gx in range(d):
                 sub = (slice(None), slice(gy, None, d), slice(gx, None, d))
-                if q[sub].shape[1] and q[sub].shape[2]:  # empty where the dilation exceeds the input
-                    o[sub] = _halo_group(module, q[sub], k[sub], v[sub], base, tile)
+                size = q[sub].shape[1:3]
+                if size[0] and size[1]:  # empty where the dilation exceeds the input
+                    o[sub] = _halo_group(module, q[sub], k[sub], v[sub], base, tile, size)
     return source.finish(module, o.permute(0, 3, 1, 2))
 
 
-def _run_global_sdpa(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
+def _run_global_sdpa(module: Aggregation, x: torch.Tensor, projected: torch.Tensor | None = None) -> torch.Tensor:
     source = module.source
     h = x.shape[2]
-    q, k, v = rearrange(source.project(module, x.permute(0, 2, 3, 1)), "t b h w g d -> t b g (h w) d")
+    if projected is None:
+        projected = source.project(module, x.permute(0, 2, 3, 1))
+    q, k, v = rearrange(projected, "t b h w g d -> t b g (h w) d")
     o = F.scaled_dot_product_attention(q, k, v, scale=source.logit_scale)
     return source.finish(module, rearrange(o, "b g (h w) d -> b (g d) h w", h=h))
 
@@ -323,21 +372,45 @@ def _run_global_sdpa(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
 # --- registry ----------------------------------------------------------------------------------
 
 
+def _is_conv_source(dynamism: str) -> Callable[[WeightSource], bool]:
+    return lambda src: isinstance(src, ConvKernelSource) and src.dynamism == dynamism
+
+
+def _is_attention(src: WeightSource, *, positional_embedding: bool = True) -> bool:
+    return isinstance(src, QKAttention) and (positional_embedding or not src.coord_pos_embed)
+
+
+def _halo_neighbourhood(nb: Neighbourhood) -> bool:
+    return isinstance(nb, Sliding) and (nb.stride == 1 or nb.dilation == 1)
+
+
 def _pairs(
-    neighbourhood: Callable[[Neighbourhood], bool], source: type
+    neighbourhood: Callable[[Neighbourhood], bool], source: Callable[[WeightSource], bool]
 ) -> Callable[[Neighbourhood, WeightSource], bool]:
-    return lambda nb, src: neighbourhood(nb) and type(src) is source
+    return lambda nb, src: neighbourhood(nb) and source(src)
 
 
 PATHS: dict[str, Path] = {
     p.name: p
     for p in (
-        Path("conv", _pairs(_conv_neighbourhood, StaticKernel), _run_conv),
-        Path("batched_conv", _pairs(_conv_neighbourhood, SampleKernel), _run_batched_conv),
-        Path("shifted_sum", _pairs(_conv_neighbourhood, PositionKernel), _run_shifted_sum),
-        Path("window_sdpa", _pairs(lambda nb: isinstance(nb, Window), QKAttention), _run_window_sdpa),
-        Path("halo_sdpa", _pairs(lambda nb: isinstance(nb, Sliding), QKAttention), _run_halo_sdpa),
-        Path("global_sdpa", _pairs(lambda nb: isinstance(nb, Global), QKAttention), _run_global_sdpa),
+        Path("conv", _pairs(_conv_neighbourhood, _is_conv_source("static")), _run_conv),
+        Path("batched_conv", _pairs(_conv_neighbourhood, _is_conv_source("sample")), _run_batched_conv),
+        Path(
+            "shifted_sum",
+            _pairs(_conv_neighbourhood, lambda src: src.dynamism == "position" and not src.dense),
+            _run_shifted_sum,
+        ),
+        Path(
+            "window_sdpa",
+            _pairs(lambda nb: isinstance(nb, Window), lambda src: _is_attention(src, positional_embedding=False)),
+            _run_window_sdpa,
+        ),
+        Path("halo_sdpa", _pairs(_halo_neighbourhood, _is_attention), _run_halo_sdpa),
+        Path(
+            "global_sdpa",
+            _pairs(lambda nb: isinstance(nb, Global), lambda src: _is_attention(src, positional_embedding=False)),
+            _run_global_sdpa,
+        ),
         Path("reference", lambda nb, src: True, _run_reference),
     )
 }

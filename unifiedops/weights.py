@@ -21,30 +21,60 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
-from unifiedops._checks import check_divisible, check_int
+from unifiedops._checks import check_choice, check_divisible, check_int
 from unifiedops.neighbourhoods import Layout, Neighbourhood
 
-__all__ = ["PositionKernel", "QKAttention", "SampleKernel", "StaticKernel", "WeightSource"]
+__all__ = [
+    "DYNAMISMS",
+    "PROJECTIONS",
+    "ConvKernelSource",
+    "DenseKernel",
+    "PositionKernel",
+    "QKAttention",
+    "SameChannels",
+    "SampleKernel",
+    "StaticKernel",
+    "WeightSource",
+    "coordinate_grid",
+]
+
+DYNAMISMS = ("static", "sample", "position", "attention")
+"""Values of [`WeightSource.dynamism`][unifiedops.weights.WeightSource]: a weight shared by every
+sample, one per sample, one per position (a map of the centre feature), or one per position from
+query-key products. The execution paths are chosen from it."""
 
 
 @dataclass(frozen=True)
 class WeightSource:
     """Base class of the weight sources.
 
+    Class attributes ``dynamism`` (one of [`DYNAMISMS`][unifiedops.weights.DYNAMISMS]) and ``dense``
+    (whether output channels mix input channels, as in a full convolution, rather than each channel
+    reading only itself, as in a depth-wise one) place a source on the axes; the execution paths are
+    chosen from them.
+
     Args:
-        channels: Number of channels ``C`` the aggregation reads and writes.
+        channels: Number of channels ``C`` the aggregation reads.
     """
 
     channels: int
+    dynamism: ClassVar[str] = "static"
+    dense: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         check_int("channels", self.channels, minimum=1)
+
+    # ``out_channels`` (the channels the aggregation writes) is not declared here: DenseKernel takes
+    # it as a dataclass field, which a base-class property would shadow. Sources provide it through
+    # ``SameChannels`` or a field.
+    out_channels: ClassVar[int]
 
     @property
     def weight_groups(self) -> int:
@@ -73,7 +103,7 @@ class WeightSource:
 
         Returns:
             ``(values, weights)``: the features aggregated, ``(B, C, Hp*Wp)``, and the weights,
-                ``(Bw, G, Pw, K)``.
+                ``(Bw, G, Pw, K)``; for a ``dense`` source ``(Bw, O, C/groups, Pw, K)``.
         """
         raise NotImplementedError
 
@@ -82,12 +112,52 @@ class WeightSource:
 
         Args:
             module: The owning aggregation.
-            y: Aggregated features, ``(B, C, H, W)``.
+            y: Aggregated features, ``(B, O, Ho, Wo)``.
 
         Returns:
-            The module output, ``(B, C, H, W)``.
+            The module output, ``(B, O, Ho, Wo)``.
         """
         return y
+
+
+class SameChannels:
+    """Mixin of the sources that write as many channels as they read."""
+
+    @property
+    def out_channels(self) -> int:
+        """Number of channels the aggregation writes: ``channels``."""
+        return self.channels  # type: ignore[attr-defined]
+
+
+class ConvKernelSource(WeightSource):
+    """A source whose weights are convolution kernels shared across positions (static or per
+    sample), so the ``conv`` and ``batched_conv`` paths can run it with ``F.conv2d``.
+
+    Subclasses define ``conv_weight``, ``conv_groups`` and the ``bias`` they register; ``finish``
+    adds that bias, so the conv paths may fuse it into the convolution instead.
+    """
+
+    @property
+    def conv_groups(self) -> int:
+        """``groups`` of the equivalent ``F.conv2d`` (``C`` for a depth-wise source)."""
+        raise NotImplementedError
+
+    def conv_weight(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Kernels as ``F.conv2d`` takes them, one set per sample: ``(Bw, O, C/conv_groups, k, k)``.
+
+        Args:
+            module: The owning aggregation.
+            x: The input ``(B, C, H, W)`` (read only by dynamic sources).
+        """
+        raise NotImplementedError
+
+    def conv_bias(self, module: nn.Module) -> torch.Tensor | None:
+        """The per-output-channel bias ``(O,)``, or ``None``."""
+        return getattr(module, "bias", None)
+
+    def finish(self, module, y):
+        bias = self.conv_bias(module)
+        return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 
 def _kernel_slots(source: str, neighbourhood: Neighbourhood) -> int:
@@ -99,6 +169,11 @@ def _kernel_slots(source: str, neighbourhood: Neighbourhood) -> int:
     return neighbourhood.slots
 
 
+def _per_channel(kernel: torch.Tensor, groups: int, channels: int, dim: int) -> torch.Tensor:
+    """Repeat one kernel per weight group into one per channel (a no-op when depth-wise)."""
+    return kernel if groups == channels else kernel.repeat_interleave(channels // groups, dim)
+
+
 def _check_groups(channels: int, groups: int | None) -> int:
     groups = channels if groups is None else check_int("groups", groups, minimum=1)
     check_divisible("channels", channels, "groups", groups)
@@ -106,7 +181,7 @@ def _check_groups(channels: int, groups: int | None) -> int:
 
 
 @dataclass(frozen=True)
-class StaticKernel(WeightSource):
+class StaticKernel(SameChannels, ConvKernelSource):
     """A learned kernel shared across positions and samples (a convolution).
 
     Parameters registered: ``weight`` ``(G, 1, k, k)`` and ``bias`` ``(C,)``, as in
@@ -143,15 +218,60 @@ class StaticKernel(WeightSource):
         """The kernel, ``(1, G, 1, K)``."""
         return module.weight.reshape(1, self.weight_groups, 1, -1)
 
+    @property
+    def conv_groups(self) -> int:
+        return self.channels
+
+    def conv_weight(self, module, x):
+        return _per_channel(module.weight, self.weight_groups, self.channels, 0).unsqueeze(0)
+
     def reference(self, module, x, padded, lay):
         return padded.flatten(2), self.kernel(module)
 
-    def finish(self, module, y):
-        return y if module.bias is None else y + module.bias.view(1, -1, 1, 1)
+
+@dataclass(frozen=True)
+class DenseKernel(ConvKernelSource):
+    """A learned kernel that mixes channels within groups, shared across positions and samples:
+    ``nn.Conv2d(C, O, k, groups=groups)``, whose ``weight`` ``(O, C/groups, k, k)`` and ``bias``
+    ``(O,)`` it registers.
+
+    Args:
+        channels: Input channels ``C``.
+        out_channels: Output channels ``O``.
+        groups: Channel groups; ``C`` and ``O`` must both be divisible by it.
+        bias: Whether to add a learned per-channel bias.
+    """
+
+    out_channels: int
+    groups: int = 1
+    bias: bool = True
+    dense: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("out_channels", self.out_channels, minimum=1)
+        check_int("groups", self.groups, minimum=1)
+        check_divisible("channels", self.channels, "groups", self.groups)
+        check_divisible("out_channels", self.out_channels, "groups", self.groups)
+
+    @property
+    def conv_groups(self) -> int:
+        return self.groups
+
+    def build(self, module: nn.Module, neighbourhood: Neighbourhood) -> None:
+        k = _kernel_slots("DenseKernel", neighbourhood)
+        conv = nn.Conv2d(self.channels, self.out_channels, k, groups=self.groups, bias=self.bias)
+        module.weight, module.bias = conv.weight, conv.bias
+
+    def conv_weight(self, module, x):
+        return module.weight.unsqueeze(0)
+
+    def reference(self, module, x, padded, lay):
+        return padded.flatten(2), module.weight.flatten(2).unsqueeze(0).unsqueeze(3)
 
 
 @dataclass(frozen=True)
-class SampleKernel(WeightSource):
+class SampleKernel(SameChannels, ConvKernelSource):
     """A kernel predicted per sample from the pooled input, shared across positions (DWNet).
 
     ``GAP -> conv1 (1x1, C -> C/reduction, no bias) -> bn -> ReLU -> conv2 (1x1, -> G*k*k)``
@@ -168,6 +288,7 @@ class SampleKernel(WeightSource):
     groups: int | None = None
     reduction: int = 4
     bias: bool = True
+    dynamism: ClassVar[str] = "sample"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -196,15 +317,22 @@ class SampleKernel(WeightSource):
         w = F.linear(hidden, module.conv2.weight.flatten(1), module.conv2.bias)
         return w.reshape(x.shape[0], self.weight_groups, 1, -1)
 
+    @property
+    def conv_groups(self) -> int:
+        return self.channels
+
+    def conv_weight(self, module, x):
+        b, k = x.shape[0], module.conv2.out_channels // self.weight_groups
+        side = math.isqrt(k)
+        kernel = self.kernel(module, x).view(b, self.weight_groups, 1, side, side)
+        return _per_channel(kernel, self.weight_groups, self.channels, 1)
+
     def reference(self, module, x, padded, lay):
         return padded.flatten(2), self.kernel(module, x)
 
-    def finish(self, module, y):
-        return y if module.bias is None else y + module.bias.view(1, -1, 1, 1)
-
 
 @dataclass(frozen=True)
-class PositionKernel(WeightSource):
+class PositionKernel(SameChannels, WeightSource):
     """A kernel predicted at every position from the centre feature (involution; DWNet's
     inhomogeneous dynamic depth-wise conv).
 
@@ -220,6 +348,7 @@ class PositionKernel(WeightSource):
 
     groups: int = 1
     reduction: int = 4
+    dynamism: ClassVar[str] = "position"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -246,33 +375,80 @@ class PositionKernel(WeightSource):
         return padded.flatten(2), self.kernel(module, x).flatten(3).transpose(2, 3)
 
 
+PROJECTIONS = ("linear", "conv")
+"""Parameter layouts of the ``q, k, v`` projections of [`QKAttention`][unifiedops.QKAttention]:
+``"linear"`` is one ``qkv`` ``nn.Linear(C, 3C)`` (timm's Swin and ViT); ``"conv"`` is three 1x1
+``nn.Conv2d`` named ``conv1``, ``conv2``, ``conv3`` (ACmix)."""
+
+
+def coordinate_grid(height: int, width: int, *, device=None, dtype=None) -> torch.Tensor:
+    """Normalised coordinates ``(1, 2, H, W)``: channel 0 runs over ``x``, channel 1 over ``y``, each
+    ``linspace(-1, 1)`` along its axis (ACmix's position grid).
+
+    Args:
+        height: Grid height ``H``.
+        width: Grid width ``W``.
+        device: Device of the result.
+        dtype: Floating dtype of the result.
+
+    Returns:
+        The grid.
+    """
+    gx = torch.linspace(-1, 1, width, device=device, dtype=dtype).expand(height, width)
+    gy = torch.linspace(-1, 1, height, device=device, dtype=dtype)[:, None].expand(height, width)
+    return torch.stack((gx, gy)).unsqueeze(0)
+
+
 @dataclass(frozen=True)
 class QKAttention(WeightSource):
     """Per-position weights from scaled query-key dot products, softmax-normalised over the
-    neighbourhood, with an optional relative-position bias (local, window and global attention).
+    neighbourhood, with optional relative-position terms (local, window and global attention).
 
-    Registers ``qkv`` (``Linear(C, 3C)``), ``proj`` (``Linear(C, C)``) and, with
+    With the defaults it registers ``qkv`` (``Linear(C, 3C)``), ``proj`` (``Linear(C, C)``) and, with
     ``rel_pos_bias``, ``relative_position_bias_table`` of ``(2E-1)^2 x heads`` entries, where ``E``
     is the window (or kernel) size: the names and layout of timm's Swin ``WindowAttention``.
     The aggregated features are the values ``v``; ``proj`` follows the sum.
 
+    ``coord_pos_embed`` adds ACmix's relative position term: ``pe = conv_p(grid)``, a 1x1 conv
+    (``2 -> head_dim``) of the [`coordinate_grid`][unifiedops.weights.coordinate_grid], padded like the
+    input, and the logit of query ``i`` and key ``j`` becomes ``q_i . (k_j + pe_i - pe_j)``. Since
+    ``q_i . pe_i`` is the same for every ``j`` it cancels in the softmax, so the fast paths use keys
+    ``k_j - pe_j``.
+
     Args:
-        channels: Number of channels ``C``.
-        heads: Number of heads ``G``; ``C // heads`` channels share each weight.
-        qkv_bias: Whether the ``qkv`` projection has a bias.
-        rel_pos_bias: Whether to add a learned relative-position bias to the logits.
-        scale: Logit scale; default ``(C // heads) ** -0.5``.
+        channels: Number of input channels ``C``.
+        heads: Number of heads ``G``; ``Cv // heads`` channels share each weight.
+        qkv_bias: Whether the ``q, k, v`` projections have a bias.
+        rel_pos_bias: Whether to add a learned relative-position bias (Swin's table) to the logits.
+        scale: Logit scale; default ``(Cv // heads) ** -0.5``.
+        value_channels: Channels ``Cv`` of ``q``, ``k``, ``v`` and of the output (default ``C``).
+        projection: One of [`PROJECTIONS`][unifiedops.weights.PROJECTIONS].
+        out_proj: Whether a ``proj`` ``Linear(Cv, Cv)`` follows the sum.
+        coord_pos_embed: Whether to add ACmix's coordinate-embedding relative term (``conv_p``).
     """
 
     heads: int = 1
     qkv_bias: bool = True
     rel_pos_bias: bool = False
     scale: float | None = None
+    value_channels: int | None = None
+    projection: str = "linear"
+    out_proj: bool = True
+    coord_pos_embed: bool = False
+    dynamism: ClassVar[str] = "attention"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("heads", self.heads, minimum=1)
-        check_divisible("channels", self.channels, "num_heads", self.heads)
+        if self.value_channels is not None:
+            check_int("value_channels", self.value_channels, minimum=1)
+        check_divisible("channels" if self.value_channels is None else "value_channels", self.out_channels,
+                        "num_heads", self.heads)
+        check_choice("projection", self.projection, PROJECTIONS)
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels if self.value_channels is None else self.value_channels
 
     @property
     def weight_groups(self) -> int:
@@ -281,7 +457,7 @@ class QKAttention(WeightSource):
     @property
     def head_dim(self) -> int:
         """Channels per head."""
-        return self.channels // self.heads
+        return self.out_channels // self.heads
 
     @property
     def logit_scale(self) -> float:
@@ -289,21 +465,76 @@ class QKAttention(WeightSource):
         return self.head_dim**-0.5 if self.scale is None else self.scale
 
     def build(self, module: nn.Module, neighbourhood: Neighbourhood) -> None:
-        c = self.channels
-        module.qkv = nn.Linear(c, 3 * c, bias=self.qkv_bias)
+        c, cv = self.channels, self.out_channels
+        if self.projection == "linear":
+            module.qkv = nn.Linear(c, 3 * cv, bias=self.qkv_bias)
+        else:
+            module.conv1 = nn.Conv2d(c, cv, 1, bias=self.qkv_bias)
+            module.conv2 = nn.Conv2d(c, cv, 1, bias=self.qkv_bias)
+            module.conv3 = nn.Conv2d(c, cv, 1, bias=self.qkv_bias)
         if self.rel_pos_bias:
             extent = neighbourhood.slots
             if extent is None:
                 raise ValueError("rel_pos_bias needs a neighbourhood of fixed size (Sliding or Window), got Global")
             module.relative_position_bias_table = nn.Parameter(torch.empty((2 * extent - 1) ** 2, self.heads))
             trunc_normal_(module.relative_position_bias_table, std=0.02)
-        module.proj = nn.Linear(c, c)
+        if self.coord_pos_embed:
+            module.conv_p = nn.Conv2d(2, self.head_dim, 1)
+        if self.out_proj:
+            module.proj = nn.Linear(cv, cv)
+
+    def qkv_weight(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The three projections as one ``(3 Cv, C)`` matrix and ``(3 Cv,)`` bias."""
+        if self.projection == "linear":
+            return module.qkv.weight, module.qkv.bias
+        convs = (module.conv1, module.conv2, module.conv3)
+        weight = torch.cat([conv.weight.flatten(1) for conv in convs])
+        bias = None if not self.qkv_bias else torch.cat([conv.bias for conv in convs])
+        return weight, bias
 
     def project(self, module: nn.Module, x_nhwc: torch.Tensor) -> torch.Tensor:
         """``q, k, v`` stacked, ``(3, B, ..., heads, head_dim)``, from channels-last input."""
-        qkv = F.linear(x_nhwc, module.qkv.weight, module.qkv.bias)
+        qkv = F.linear(x_nhwc, *self.qkv_weight(module))
         qkv = qkv.unflatten(-1, (3, self.heads, self.head_dim))
         return qkv.movedim(-3, 0)
+
+    def pad_projected(self, module: nn.Module, qkv: torch.Tensor, pad: tuple[int, int, int, int], mode: str):
+        """Pad projections ``(3, B, H, W, G, D)`` as projecting the padded input would.
+
+        Projection is position-wise, so reflecting the projections equals projecting the reflected
+        input, and a zero-padded position projects to the projection bias.
+
+        Args:
+            module: The owning aggregation.
+            qkv: Projections of the unpadded input.
+            pad: ``(left, right, top, bottom)``.
+            mode: ``"constant"`` or ``"reflect"``.
+
+        Returns:
+            ``(3, B, H + top + bottom, W + left + right, G, D)``.
+        """
+        left, right, top, bottom = pad
+        if not any(pad):
+            return qkv
+        t, b, h, w, g, d = qkv.shape
+        if mode == "reflect":
+            maps = qkv.permute(0, 1, 4, 5, 2, 3).reshape(t * b, g * d, h, w)
+            maps = F.pad(maps, pad, mode="reflect")
+            return maps.view(t, b, g, d, *maps.shape[2:]).permute(0, 1, 4, 5, 2, 3)
+        fill = self.project(module, qkv.new_zeros(self.channels))  # (3, G, D)
+        out = fill[:, None, None, None].expand(t, b, h + top + bottom, w + left + right, g, d).clone()
+        out[:, :, top : top + h, left : left + w] = qkv
+        return out
+
+    def position_embedding(self, module: nn.Module, height: int, width: int, pad, mode: str, like: torch.Tensor):
+        """ACmix's ``pe`` on the padded grid, ``(Hp, Wp, head_dim)``, or ``None`` without ``coord_pos_embed``."""
+        if not self.coord_pos_embed:
+            return None
+        grid = coordinate_grid(height, width, device=like.device, dtype=like.dtype)
+        pe = F.conv2d(grid, module.conv_p.weight, module.conv_p.bias)
+        if any(pad):
+            pe = F.pad(pe, pad, mode=mode)
+        return pe[0].permute(1, 2, 0)
 
     def bias(self, module: nn.Module, rel_index: torch.Tensor) -> torch.Tensor | None:
         """Relative-position bias gathered at ``rel_index`` ``(..., Q, K)``, as ``(..., heads, Q, K)``."""
@@ -311,18 +542,27 @@ class QKAttention(WeightSource):
             return None
         return module.relative_position_bias_table[rel_index].movedim(-1, -3)
 
-    def reference(self, module, x, padded, lay):
-        b = x.shape[0]
-        q, k, v = self.project(module, padded.permute(0, 2, 3, 1).flatten(1, 2))  # (B, Np, G, D)
+    def reference(self, module, x, padded, lay, projected=None):
+        b, _, h, w = x.shape
+        if projected is None:
+            projected = self.project(module, x.permute(0, 2, 3, 1))
+        qkv = self.pad_projected(module, projected, lay.pad, lay.pad_mode).flatten(2, 3)
+        q, k, v = qkv  # (B, Np, G, D)
         q = q[:, lay.centre]  # (B, P, G, D)
         k = k[:, lay.index]  # (B, P, K, G, D)
+        pe = self.position_embedding(module, h, w, lay.pad, lay.pad_mode, x)
+        if pe is not None:
+            pe = pe.flatten(0, 1)
+            k = k + (pe[lay.centre][:, None] - pe[lay.index])[:, :, None]
         logits = torch.einsum("bpgd,bpkgd->bgpk", q, k) * self.logit_scale
         bias = self.bias(module, lay.rel_index)
         if bias is not None:
             logits = logits + bias
         logits = logits.masked_fill(~lay.valid, float("-inf"))
-        values = v.flatten(2).transpose(1, 2)  # (B, C, Np)
+        values = v.flatten(2).transpose(1, 2)  # (B, Cv, Np)
         return values, logits.softmax(-1).reshape(b, self.heads, *lay.index.shape)
 
     def finish(self, module, y):
+        if not self.out_proj:
+            return y
         return F.linear(y.permute(0, 2, 3, 1), module.proj.weight, module.proj.bias).permute(0, 3, 1, 2)
