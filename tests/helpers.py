@@ -12,6 +12,7 @@ from torch import nn
 
 from unifiedops import (
     Aggregation,
+    DenseKernel,
     DWConv,
     DynamicDWConv,
     Global,
@@ -142,15 +143,24 @@ def _channels(draw, max_groups: int = 4, max_width: int = 3) -> tuple[int, int]:
 def _conv_neighbourhood(draw):
     if draw(st.integers(0, 4)) == 0:
         return Point()
-    return Sliding(draw(odd_kernels), draw(dilations), draw(st.sampled_from(["zeros", "mask"])))
+    return Sliding(
+        draw(odd_kernels),
+        draw(dilations),
+        draw(st.sampled_from(["zeros", "reflect", "mask"])),
+        stride=draw(st.sampled_from([1, 1, 2, 3])),
+    )
 
 
 @st.composite
-def _geometry(draw) -> dict:
+def _geometry(draw, nb=None) -> dict:
+    """Batch and image size; long enough for a reflecting neighbourhood ``nb`` to fit."""
+    low = 1
+    if isinstance(nb, Sliding) and nb.border == "reflect":
+        low = nb.dilation * (nb.kernel_size // 2) + 1
     return dict(
         batch=draw(batches),
-        height=draw(sizes),
-        width=draw(sizes),
+        height=draw(st.integers(low, max(low, 13))),
+        width=draw(st.integers(low, max(low, 13))),
         nhwc_memory=draw(st.booleans()),
     )
 
@@ -160,16 +170,18 @@ def conv_cases(draw) -> Case:
     """StaticKernel cases: DWConv and generic static kernels, also grouped (``G < C``) and on Point."""
     c, g = draw(_channels())
     bias = draw(st.booleans())
-    geo = draw(_geometry())
     if draw(st.booleans()):
         make = functools.partial(DWConv, c, draw(odd_kernels), draw(dilations), bias)
-        return Case(make, channels=c, **geo)
+        return Case(make, channels=c, **draw(_geometry()))
     last = draw(st.booleans())
-    groups = draw(st.sampled_from([None, g]))
-    make = functools.partial(
-        Aggregation, draw(_conv_neighbourhood()), StaticKernel(c, groups=groups, bias=bias), channels_last=last
-    )
-    return Case(make, channels=c, channels_last=last, **geo)
+    nb = draw(_conv_neighbourhood())
+    if draw(st.booleans()):
+        source = StaticKernel(c, groups=draw(st.sampled_from([None, g])), bias=bias)
+    else:
+        # channel-mixing kernels: dense, grouped, and with a different number of outputs
+        source = DenseKernel(c, g * draw(st.integers(1, 3)), groups=draw(st.sampled_from(_divisors(g, 4))), bias=bias)
+    make = functools.partial(Aggregation, nb, source, channels_last=last)
+    return Case(make, channels=c, channels_last=last, **draw(_geometry(nb)))
 
 
 @st.composite
@@ -178,15 +190,15 @@ def batched_conv_cases(draw) -> Case:
     c, g = draw(_channels())
     reduction = draw(st.sampled_from(_divisors(c, 4)))
     bias = draw(st.booleans())
-    geo = draw(_geometry())
     if draw(st.booleans()):
         make = functools.partial(DynamicDWConv, c, draw(odd_kernels), reduction, bias)
-        return Case(make, channels=c, **geo)
+        return Case(make, channels=c, **draw(_geometry()))
     last = draw(st.booleans())
     groups = draw(st.sampled_from([None, g]))
     source = SampleKernel(c, groups=groups, reduction=reduction, bias=bias)
-    make = functools.partial(Aggregation, draw(_conv_neighbourhood()), source, channels_last=last)
-    return Case(make, channels=c, channels_last=last, **geo)
+    nb = draw(_conv_neighbourhood())
+    make = functools.partial(Aggregation, nb, source, channels_last=last)
+    return Case(make, channels=c, channels_last=last, **draw(_geometry(nb)))
 
 
 @st.composite
@@ -194,24 +206,30 @@ def shifted_sum_cases(draw) -> Case:
     """PositionKernel cases: InhomogeneousDWConv and generic per-position kernels (dilated, masked, Point)."""
     c, g = draw(_channels())
     reduction = draw(st.sampled_from(_divisors(c, 4)))
-    geo = draw(_geometry())
     if draw(st.booleans()):
         make = functools.partial(InhomogeneousDWConv, c, draw(odd_kernels), groups=g, reduction=reduction)
-        return Case(make, channels=c, **geo)
+        return Case(make, channels=c, **draw(_geometry()))
     last = draw(st.booleans())
     source = PositionKernel(c, groups=g, reduction=reduction)
-    make = functools.partial(Aggregation, draw(_conv_neighbourhood()), source, channels_last=last)
-    return Case(make, channels=c, channels_last=last, **geo)
+    nb = draw(_conv_neighbourhood())
+    make = functools.partial(Aggregation, nb, source, channels_last=last)
+    return Case(make, channels=c, channels_last=last, **draw(_geometry(nb)))
 
 
 @st.composite
-def _qk_source(draw, c: int, heads: int, rel_pos_bias: bool | None = None) -> QKAttention:
+def _qk_source(draw, c: int, heads: int, rel_pos_bias: bool | None = None, coord_pos_embed: bool = False):
+    """Attention sources over every option: bias table, ACmix's coordinate embedding, a different
+    value width, both projection layouts, with and without the output projection."""
     return QKAttention(
         c,
         heads=heads,
         qkv_bias=draw(st.booleans()),
         rel_pos_bias=draw(st.booleans()) if rel_pos_bias is None else rel_pos_bias,
         scale=draw(st.sampled_from([None, 0.37])),
+        value_channels=draw(st.sampled_from([None, heads * draw(st.integers(1, 3))])),
+        projection=draw(st.sampled_from(["linear", "conv"])),
+        out_proj=draw(st.booleans()),
+        coord_pos_embed=coord_pos_embed and draw(st.booleans()),
     )
 
 
@@ -235,19 +253,21 @@ def window_cases(draw) -> Case:
 def halo_cases(draw) -> Case:
     """Sliding attention: NeighborhoodAttention and generic Sliding (every border, dilation, tile)."""
     c, heads = draw(_channels())
-    geo = draw(_geometry())
     k = draw(odd_kernels)
     d = draw(dilations)
-    border = draw(st.sampled_from(["zeros", "clamp", "mask"]))
+    border = draw(st.sampled_from(["zeros", "reflect", "clamp", "mask"]))
     last = draw(st.booleans())
     tile = draw(st.sampled_from([None, 1, 2, 3, 4]))
     if draw(st.booleans()):
-        make = functools.partial(
-            NeighborhoodAttention, c, heads, k, d, border, draw(st.booleans()), draw(st.booleans()), channels_last=last
-        )
+        nb = Sliding(k, d, "clamp" if border == "reflect" else border)
+        flags = draw(st.booleans()), draw(st.booleans())
+        make = functools.partial(NeighborhoodAttention, c, heads, k, d, nb.border, *flags, channels_last=last)
     else:
-        make = functools.partial(Aggregation, Sliding(k, d, border), draw(_qk_source(c, heads)), channels_last=last)
-    return Case(make, channels=c, channels_last=last, halo_tile=tile, **geo)
+        # the halo path takes a stride or a dilation, not both
+        stride = 1 if d > 1 else draw(st.sampled_from([1, 2, 3]))
+        nb = Sliding(k, d, border, stride)
+        make = functools.partial(Aggregation, nb, draw(_qk_source(c, heads, coord_pos_embed=True)), channels_last=last)
+    return Case(make, channels=c, channels_last=last, halo_tile=tile, **draw(_geometry(nb)))
 
 
 @st.composite

@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import (
     CASES,
@@ -288,3 +289,20 @@ def test_cuda_fast_path_matches_cpu_reference(path, dtype):
     y = module(x.to("cuda", dtype)).double().cpu()
     tol = dict(rtol=1e-6, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(y, y_ref, **tol)
+
+
+# --- q, k, v projected by the caller -----------------------------------------------------------
+
+
+@settings(max_examples=EXAMPLES // 2)
+@given(case=st.sampled_from([window_cases, halo_cases, global_cases]).flatmap(lambda cases: cases()), seed=seeds)
+def test_projected_qkv_equals_projecting_inside(case, seed):
+    """Composites (ACmix) hand the attention paths the projections of the unpadded input; every
+    path must pad them as projecting the padded input would (zeros project to the bias)."""
+    module, x = case.build(seed)
+    if case.channels_last:
+        x = x.permute(0, 3, 1, 2)
+    qkv = module.source.project(module, x.permute(0, 2, 3, 1))
+    for path in (module.path, "reference"):
+        module.path = path
+        torch.testing.assert_close(module._run(module, x, projected=qkv), module._run(module, x), rtol=1e-9, atol=1e-12)

@@ -10,7 +10,7 @@ applies follows from the neighbourhood and the weight source:
 | ``batched_conv`` | Sliding (zeros, reflect, mask), Point | per-sample kernels | one ``F.conv2d(groups=B*groups)`` |
 | ``shifted_sum`` | Sliding (zeros, reflect, mask), Point | per-position kernels | ``k*k`` shifted multiply-adds |
 | ``window_sdpa`` | Window | q.k attention | SDPA over windows |
-| ``halo_sdpa`` | Sliding (any border; not both strided and dilated) | q.k attention | SDPA over query tiles and haloed key blocks |
+| ``halo_sdpa`` | Sliding (any border; stride or dilation) | q.k attention | SDPA over query tiles and key blocks |
 | ``global_sdpa`` | Global | q.k attention | SDPA |
 
 Every path takes and returns ``(B, C, H, W)`` tensors of any memory format. The attention paths
@@ -65,6 +65,10 @@ def _run_reference(module: Aggregation, x: torch.Tensor, projected: torch.Tensor
     padded = F.pad(x, lay.pad, mode=lay.pad_mode) if any(lay.pad) else x
     extra = {} if projected is None else {"projected": projected}
     values, weights = source.reference(module, x, padded, lay, **extra)
+    step, (h, w) = module.neighbourhood.step, x.shape[2:]
+    if step > 1 and weights.shape[-2] == h * w:
+        # a kernel predicted at every input position is used at the strided output positions only
+        weights = weights.unflatten(-2, (h, w))[..., ::step, ::step, :].flatten(-3, -2)
     neighbours = values[:, :, lay.index].masked_fill(~lay.valid, 0)  # (B, C, P, K)
     if source.dense:
         # weights (Bw, O, C/g, Pw, K): output channel o of group g reads the group's input channels.
@@ -110,7 +114,7 @@ def _run_conv(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
 
 def _run_batched_conv(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
     source = module.source
-    b, c, h, w = x.shape
+    b, c = x.shape[:2]
     _, padding, dilation, stride = _conv_geometry(module.neighbourhood)
     weight = source.conv_weight(module, x)  # (B, O, C/g, k, k), read before any padding
     x, padding = _pad_for_conv(module.neighbourhood, x, padding)
@@ -132,7 +136,7 @@ def _run_batched_conv(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
 
 def _run_shifted_sum(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
     nb, source = module.neighbourhood, module.source
-    b, c, h, w = x.shape
+    b, c = x.shape[:2]
     k, padding, dilation, stride = _conv_geometry(nb)
     groups = source.weight_groups
     kernel = source.kernel(module, x)  # (B, G, K, H, W)

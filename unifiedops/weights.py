@@ -442,8 +442,9 @@ class QKAttention(WeightSource):
         check_int("heads", self.heads, minimum=1)
         if self.value_channels is not None:
             check_int("value_channels", self.value_channels, minimum=1)
-        check_divisible("channels" if self.value_channels is None else "value_channels", self.out_channels,
-                        "num_heads", self.heads)
+        check_divisible(
+            "channels" if self.value_channels is None else "value_channels", self.out_channels, "num_heads", self.heads
+        )
         check_choice("projection", self.projection, PROJECTIONS)
 
     @property
