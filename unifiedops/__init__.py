@@ -10,32 +10,44 @@ from unifiedops.instances import (
     NeighborhoodAttention,
     WindowAttention,
 )
+from unifiedops.lka import LKA, LargeKernelGate
+from unifiedops.mixers import DynamicPositionEmbedding, MixingAttention, UniFormerGlobalMHRA, UniFormerLocalMHRA
 from unifiedops.neighbourhoods import BORDERS, Global, Neighbourhood, Point, Sliding, Window
 from unifiedops.paths import PATHS, applicable_paths
 from unifiedops.weights import DenseKernel, PositionKernel, QKAttention, SampleKernel, StaticKernel, WeightSource
+from unifiedops.xvolution import MergedXVolution, ShiftProductKernel, XVolution
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BORDERS",
+    "LKA",
     "PATHS",
     "Aggregation",
     "DWConv",
     "DenseKernel",
     "DynamicDWConv",
+    "DynamicPositionEmbedding",
     "Global",
     "GlobalAttention",
     "InhomogeneousDWConv",
+    "LargeKernelGate",
+    "MergedXVolution",
+    "MixingAttention",
     "NeighborhoodAttention",
     "Neighbourhood",
     "Point",
     "PositionKernel",
     "QKAttention",
     "SampleKernel",
+    "ShiftProductKernel",
     "Sliding",
     "StaticKernel",
+    "UniFormerGlobalMHRA",
+    "UniFormerLocalMHRA",
     "WeightSource",
     "Window",
     "WindowAttention",
+    "XVolution",
     "applicable_paths",
 ]

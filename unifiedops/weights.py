@@ -381,7 +381,9 @@ PROJECTIONS = ("linear", "conv")
 ``nn.Conv2d`` named ``conv1``, ``conv2``, ``conv3`` (ACmix)."""
 
 
-def coordinate_grid(height: int, width: int, *, device=None, dtype=None) -> torch.Tensor:
+def coordinate_grid(
+    height: int, width: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """Normalised coordinates ``(1, 2, H, W)``: channel 0 runs over ``x``, channel 1 over ``y``, each
     ``linspace(-1, 1)`` along its axis (ACmix's position grid).
 
@@ -499,7 +501,9 @@ class QKAttention(WeightSource):
         qkv = qkv.unflatten(-1, (3, self.heads, self.head_dim))
         return qkv.movedim(-3, 0)
 
-    def pad_projected(self, module: nn.Module, qkv: torch.Tensor, pad: tuple[int, int, int, int], mode: str):
+    def pad_projected(
+        self, module: nn.Module, qkv: torch.Tensor, pad: tuple[int, int, int, int], mode: str
+    ) -> torch.Tensor:
         """Pad projections ``(3, B, H, W, G, D)`` as projecting the padded input would.
 
         Projection is position-wise, so reflecting the projections equals projecting the reflected
@@ -527,8 +531,22 @@ class QKAttention(WeightSource):
         out[:, :, top : top + h, left : left + w] = qkv
         return out
 
-    def position_embedding(self, module: nn.Module, height: int, width: int, pad, mode: str, like: torch.Tensor):
-        """ACmix's ``pe`` on the padded grid, ``(Hp, Wp, head_dim)``, or ``None`` without ``coord_pos_embed``."""
+    def position_embedding(
+        self, module: nn.Module, height: int, width: int, pad: tuple[int, int, int, int], mode: str, like: torch.Tensor
+    ) -> torch.Tensor | None:
+        """ACmix's ``pe`` on the padded grid, or ``None`` without ``coord_pos_embed``.
+
+        Args:
+            module: The owning aggregation.
+            height: Input height ``H``.
+            width: Input width ``W``.
+            pad: ``(left, right, top, bottom)``, as the input is padded.
+            mode: ``"constant"`` or ``"reflect"``.
+            like: A tensor whose device and dtype the result takes.
+
+        Returns:
+            ``(Hp, Wp, head_dim)``.
+        """
         if not self.coord_pos_embed:
             return None
         grid = coordinate_grid(height, width, device=like.device, dtype=like.dtype)
