@@ -1,6 +1,7 @@
 """unifiedops: one aggregation operator, ``y_i = sum_j w_ij * x_ij``, and the published operators
 as points on its sparsity, sharing and dynamism axes."""
 
+from unifiedops.acmix import ACmix, ACmixWindowAttention
 from unifiedops.aggregation import Aggregation
 from unifiedops.instances import (
     DWConv,
@@ -23,6 +24,8 @@ __all__ = [
     "BORDERS",
     "LKA",
     "PATHS",
+    "ACmix",
+    "ACmixWindowAttention",
     "Aggregation",
     "DWConv",
     "DenseKernel",

@@ -381,6 +381,12 @@ PROJECTIONS = ("linear", "conv")
 ``nn.Conv2d`` named ``conv1``, ``conv2``, ``conv3`` (ACmix)."""
 
 
+def _reflect_index(length: int, before: int, after: int, device: torch.device) -> torch.Tensor:
+    """Indices of a reflection-padded axis (the caller checks that the padding is shorter than it)."""
+    i = torch.arange(-before, length + after, device=device).abs()
+    return torch.where(i > length - 1, 2 * (length - 1) - i, i)
+
+
 def coordinate_grid(
     height: int, width: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
@@ -523,9 +529,11 @@ class QKAttention(WeightSource):
             return qkv
         t, b, h, w, g, d = qkv.shape
         if mode == "reflect":
-            maps = qkv.permute(0, 1, 4, 5, 2, 3).reshape(t * b, g * d, h, w)
-            maps = F.pad(maps, pad, mode="reflect")
-            return maps.view(t, b, g, d, *maps.shape[2:]).permute(0, 1, 4, 5, 2, 3)
+            # Gathering reflected rows and columns gives a contiguous result in one copy (F.pad would
+            # need the maps channels-first and a copy back).
+            rows = _reflect_index(h, top, bottom, qkv.device)
+            cols = _reflect_index(w, left, right, qkv.device)
+            return qkv[:, :, rows[:, None], cols[None, :]]
         fill = self.project(module, qkv.new_zeros(self.channels))  # (3, G, D)
         out = fill[:, None, None, None].expand(t, b, h + top + bottom, w + left + right, g, d).clone()
         out[:, :, top : top + h, left : left + w] = qkv
