@@ -13,8 +13,10 @@ from unifiedops.instances import (
 )
 from unifiedops.lka import LKA, LargeKernelGate
 from unifiedops.mixers import DynamicPositionEmbedding, MixingAttention, UniFormerGlobalMHRA, UniFormerLocalMHRA
+from unifiedops.mixture import CondConv, DYConv, MixtureKernel
 from unifiedops.neighbourhoods import BORDERS, Global, Neighbourhood, Point, Sliding, Window
 from unifiedops.paths import PATHS, applicable_paths
+from unifiedops.warehouse import KWConv1d, KWConv2d, KWLinear, TemperatureSchedule, Warehouse, set_temperature
 from unifiedops.weights import DenseKernel, PositionKernel, QKAttention, SampleKernel, StaticKernel, WeightSource
 from unifiedops.xvolution import MergedXVolution, ShiftProductKernel, XVolution
 
@@ -27,16 +29,22 @@ __all__ = [
     "ACmix",
     "ACmixWindowAttention",
     "Aggregation",
+    "CondConv",
     "DWConv",
+    "DYConv",
     "DenseKernel",
     "DynamicDWConv",
     "DynamicPositionEmbedding",
     "Global",
     "GlobalAttention",
     "InhomogeneousDWConv",
+    "KWConv1d",
+    "KWConv2d",
+    "KWLinear",
     "LargeKernelGate",
     "MergedXVolution",
     "MixingAttention",
+    "MixtureKernel",
     "NeighborhoodAttention",
     "Neighbourhood",
     "Point",
@@ -46,11 +54,14 @@ __all__ = [
     "ShiftProductKernel",
     "Sliding",
     "StaticKernel",
+    "TemperatureSchedule",
     "UniFormerGlobalMHRA",
     "UniFormerLocalMHRA",
+    "Warehouse",
     "WeightSource",
     "Window",
     "WindowAttention",
     "XVolution",
     "applicable_paths",
+    "set_temperature",
 ]
