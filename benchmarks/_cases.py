@@ -17,14 +17,22 @@ from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
 from unifiedops import (
+    LKA,
     Aggregation,
     DWConv,
     DynamicDWConv,
     GlobalAttention,
     InhomogeneousDWConv,
+    MixingAttention,
     NeighborhoodAttention,
+    UniFormerGlobalMHRA,
+    UniFormerLocalMHRA,
     WindowAttention,
+    XVolution,
 )
+from unifiedops.acmix import ACmix, ACmixWindowAttention
+from unifiedops.mixture import CondConv, DYConv
+from unifiedops.warehouse import Warehouse
 
 __all__ = ["CONFIGS", "Config", "Op", "build_ops"]
 
@@ -37,7 +45,10 @@ class Config:
     """One input shape and operator setting.
 
     Attributes:
-        key: Short name used on the command line (``a``, ``b``).
+        key: Short name used on the command line (``a`` to ``e``).
+        suite: Which operators it builds: ``"single"`` (the one-aggregation presets),
+            ``"composite"`` (LKA, ACmix, the UniFormer and MixFormer mixers, X-volution) or
+            ``"warehouse"`` (KernelWarehouse, CondConv, DY-Conv against the convolution they replace).
         title: What the configuration stands for.
         batch: Batch size ``B``.
         channels: Channels ``C``.
@@ -49,6 +60,7 @@ class Config:
     """
 
     key: str
+    suite: str
     title: str
     batch: int
     channels: int
@@ -60,18 +72,23 @@ class Config:
 
     def describe(self) -> str:
         """One line giving every setting, as used in the report."""
+        shape = f"({self.key}) {self.title}: B={self.batch}, C={self.channels}, {self.size}x{self.size}"
+        if self.suite == "warehouse":
+            return f"{shape}, {self.kernel}x{self.kernel} convolution {self.channels} -> {self.channels}"
         return (
-            f"({self.key}) {self.title}: B={self.batch}, C={self.channels}, {self.size}x{self.size}, "
-            f"heads={self.heads} (head_dim {self.channels // self.heads}), k=w={self.kernel}, "
-            f"shift={self.shift}, IDW groups={self.groups}"
+            f"{shape}, heads={self.heads} (head_dim {self.channels // self.heads}), k=w={self.kernel}, "
+            f"shift={self.shift}" + (f", IDW groups={self.groups}" if self.suite == "single" else "")
         )
 
 
 CONFIGS: dict[str, Config] = {
     c.key: c
     for c in (
-        Config("a", "Swin stage 1", batch=8, channels=96, size=56, heads=3),
-        Config("b", "Swin stage 3", batch=8, channels=384, size=14, heads=12),
+        Config("a", "single", "Swin stage 1", batch=8, channels=96, size=56, heads=3),
+        Config("b", "single", "Swin stage 3", batch=8, channels=384, size=14, heads=12),
+        Config("c", "composite", "ResNet stage 1 (ACmix's 64 -> 64)", batch=8, channels=64, size=56, heads=4),
+        Config("d", "warehouse", "ResNet-18 stage 3 conv", batch=8, channels=256, size=14, heads=1, kernel=3),
+        Config("e", "warehouse", "ResNet-18 stage 3 conv, batch 1", batch=1, channels=256, size=14, heads=1, kernel=3),
     )
 }
 
@@ -110,7 +127,21 @@ def _preset(key: str, label: str, module: Aggregation, x: torch.Tensor) -> Op:
 
 
 def build_ops(config: Config, device: torch.device) -> dict[str, Op]:
-    """Build every benchmarked operator for ``config`` on ``device``, in eval mode.
+    """Build every benchmarked operator of ``config``'s suite on ``device``, in eval mode.
+
+    Args:
+        config: Shapes and settings.
+        device: Where to build the modules and inputs.
+
+    Returns:
+        The operators by key.
+    """
+    builders = {"single": _single_ops, "composite": _composite_ops, "warehouse": _warehouse_ops}
+    return builders[config.suite](config, device)
+
+
+def _single_ops(config: Config, device: torch.device) -> dict[str, Op]:
+    """The one-aggregation presets.
 
     Operators compared with each other share their weights: the raw ``F.conv2d`` uses the
     ``DWConv`` preset's, the ``WindowAttention`` preset loads timm's Swin block's attention, and
@@ -161,3 +192,54 @@ def build_ops(config: Config, device: torch.device) -> dict[str, Op]:
         _preset("global", f"GlobalAttention(C, {heads})", global_attention, x_nhwc),
     )
     return {op.key: op for op in ops}
+
+
+def _composite_ops(config: Config, device: torch.device) -> dict[str, Op]:
+    """The composite presets on one ``(B, C, H, W)`` map; ACmix also on its reference path (the
+    literal gather of every key and value, as the official unfold does), sharing its weights."""
+    torch.manual_seed(SEED)
+    c, heads, k = config.channels, config.heads, config.kernel
+    x = torch.randn(config.batch, c, config.size, config.size, device=device)
+    acmix = _ready(ACmix(c, c, kernel_att=k, head=heads), device)
+    acmix_reference = _ready(_copy(ACmix(c, c, kernel_att=k, head=heads, path="reference"), acmix), device)
+    modules = {
+        "acmix": (f"ACmix(C, C, {k}, head={heads})", acmix),
+        "acmix_reference": (f"ACmix(C, C, {k}, head={heads})", acmix_reference),
+        "acmix_swin": (
+            f"ACmixWindowAttention(C, {heads}, {k}, shift_size={config.shift})",
+            ACmixWindowAttention(c, heads, k, config.shift),
+        ),
+        "lka": ("LKA(C)", LKA(c)),
+        "uniformer_local": ("UniFormerLocalMHRA(C)", UniFormerLocalMHRA(c)),
+        "uniformer_global": (f"UniFormerGlobalMHRA(C, head_dim={c // heads})", UniFormerGlobalMHRA(c, c // heads)),
+        "mixing_attention": (f"MixingAttention(C, {heads}, {k})", MixingAttention(c, heads, k)),
+        "xvolution": ("XVolution(C, C)", XVolution(c, c)),
+    }
+    return {
+        key: Op(key, label, getattr(module, "path", "composite"), functools.partial(_ready(module, device), x))
+        for key, (label, module) in modules.items()
+    }
+
+
+def _warehouse_ops(config: Config, device: torch.device) -> dict[str, Op]:
+    """A KernelWarehouse conv at 1x (cell_num_ratio 1: as many parameters as the conv), CondConv and
+    DY-Conv, against the ``nn.Conv2d`` they replace."""
+    torch.manual_seed(SEED)
+    c, k = config.channels, config.kernel
+    x = torch.randn(config.batch, c, config.size, config.size, device=device)
+    conv = nn.Conv2d(c, c, k, padding=k // 2, bias=False)
+    net = nn.Module()
+    net.warehouse_manager = Warehouse(cell_num_ratio=1)
+    net.conv = net.warehouse_manager.reserve(c, c, k, bias=False, warehouse_name="stage2_layer0_conv0")
+    net.warehouse_manager.build(net)
+    net = _ready(net, device)
+    modules = {
+        "conv": (f"nn.Conv2d(C, C, {k})", conv),
+        "kw": (f"KWConv2d(C, C, {k}), 1x", net.conv),
+        "condconv": (f"CondConv(C, C, {k}, num_experts=8)", CondConv(c, c, k, num_experts=8, bias=False)),
+        "dyconv": (f"DYConv(C, C, {k}, num_kernels=4)", DYConv(c, c, k, num_kernels=4, bias=False)),
+    }
+    return {
+        key: Op(key, label, getattr(module, "path", "baseline"), functools.partial(_ready(module, device), x))
+        for key, (label, module) in modules.items()
+    }

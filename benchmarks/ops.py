@@ -1,10 +1,13 @@
-"""Operator benchmark: the presets on their fast paths, against raw PyTorch and timm.
+"""Operator benchmark: the presets on their fast paths, against raw PyTorch, timm and their own
+reference paths.
 
-For each configuration (Swin stage 1 and stage 3 shapes) it reports every preset's median
-forward time and peak memory (inference mode, fp32, torch's default thread count) and the ratios
-the library aims for, each with its target and PASS/MISS::
+For each configuration (Swin stage 1 and stage 3 shapes for the one-aggregation presets, a ResNet
+stage-1 map for the composites, a ResNet-18 stage-3 convolution at batch 8 and 1 for the
+KernelWarehouse family) it reports every preset's median forward time and peak memory (inference
+mode, fp32, torch's default thread count) and the ratios the library aims for, each with its target
+and PASS/MISS::
 
-    python -m benchmarks.ops [--quick] [--sizes a|b|both] [--device cpu|cuda] [--output PATH]
+    python -m benchmarks.ops [--quick] [--sizes all|a,b,c,d,e] [--device cpu|cuda] [--output PATH]
 
 The two operators of a time ratio are timed in the same interleaved loop, so that machine noise
 hits both alike; peak memory is measured in a fresh process per operator (see
@@ -75,7 +78,7 @@ class Ratio:
         return float(Fraction(self.target))
 
 
-RATIOS: tuple[Ratio, ...] = (
+_SINGLE: tuple[Ratio, ...] = (
     Ratio("DWConv / F.conv2d", "time", "dwconv", "conv2d", "1.05", same_output=True),
     Ratio("DynamicDWConv / DWConv", "time", "dynamic_dwconv", "dwconv", "1.5"),
     Ratio("WindowAttention / timm Swin", "time", "window", "timm_swin", "1.05", same_output=True),
@@ -92,8 +95,17 @@ RATIOS: tuple[Ratio, ...] = (
     ),
     Ratio("NeighborhoodAttention / its reference path", "memory", "neighborhood", "neighborhood_reference", "1/8"),
 )
-"""The ratios reported for every configuration. Each time ratio has its own timing loop, in which
-only its two operators alternate."""
+
+_COMPOSITE: tuple[Ratio, ...] = (
+    Ratio("ACmix / its reference path", "time", "acmix", "acmix_reference", "1/5", same_output=True, slow=True),
+    Ratio("ACmix / its reference path", "memory", "acmix", "acmix_reference", "1/4"),
+)
+
+_WAREHOUSE: tuple[Ratio, ...] = (Ratio("KWConv2d 1x / nn.Conv2d", "time", "kw", "conv", "2"),)
+
+RATIOS: dict[str, tuple[Ratio, ...]] = {"single": _SINGLE, "composite": _COMPOSITE, "warehouse": _WAREHOUSE}
+"""The ratios reported for the configurations of each suite. Each time ratio has its own timing
+loop, in which only its two operators alternate."""
 
 
 @dataclass(frozen=True)
@@ -109,12 +121,12 @@ class Loop:
     slow: bool = False
 
 
-def loops_for(keys: Sequence[str]) -> list[Loop]:
+def loops_for(keys: Sequence[str], ratios: Sequence[Ratio]) -> list[Loop]:
     """The timing loops: one per time ratio, then one for each operator of ``keys`` left untimed.
 
     An operator's time in the main table comes from the first loop that holds it.
     """
-    loops = [Loop((r.numerator, r.denominator), r.slow) for r in RATIOS if r.metric == "time"]
+    loops = [Loop((r.numerator, r.denominator), r.slow) for r in ratios if r.metric == "time"]
     timed = {key for loop in loops for key in loop.ops}
     return loops + [Loop((key,)) for key in keys if key not in timed]
 
@@ -189,10 +201,12 @@ class LoopResult:
     outputs: dict[str, torch.Tensor]
 
 
-def _run_loops(ops: dict[str, Op], device: torch.device, budgets: Budgets) -> dict[tuple[str, ...], LoopResult]:
+def _run_loops(
+    ops: dict[str, Op], ratios: Sequence[Ratio], device: torch.device, budgets: Budgets
+) -> dict[tuple[str, ...], LoopResult]:
     results = {}
     with torch.inference_mode():
-        for loop in loops_for(list(ops)):
+        for loop in loops_for(list(ops), ratios):
             timings, outputs = time_interleaved({key: ops[key].run for key in loop.ops}, device, budgets.of(loop))
             results[loop.ops] = LoopResult(timings, outputs)
     return results
@@ -250,9 +264,10 @@ def _benchmark_config(
     config: Config, device: torch.device, budgets: Budgets, memory: MemoryProbe
 ) -> tuple[list[OpRow], list[RatioRow]]:
     ops = build_ops(config, device)
+    ratios = RATIOS[config.suite]
     peaks = _peaks(config, list(ops), memory)
-    loops = _run_loops(ops, device, budgets)
-    return _op_rows(ops, loops, peaks), [_ratio_row(ratio, loops, peaks) for ratio in RATIOS]
+    loops = _run_loops(ops, ratios, device, budgets)
+    return _op_rows(ops, loops, peaks), [_ratio_row(ratio, loops, peaks) for ratio in ratios]
 
 
 def _header(device: torch.device, command: str, quick: bool, memory_check: Sequence[str]) -> str:
@@ -278,10 +293,23 @@ Check of the memory method, on allocations of known size:
 """
 
 
+def _config_keys(text: str) -> list[str]:
+    keys = list(CONFIGS) if text == "all" else [key.strip() for key in text.split(",")]
+    unknown = [key for key in keys if key not in CONFIGS]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(f"unknown configuration {unknown}; choose 'all' or from {', '.join(CONFIGS)}")
+    return keys
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ops", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few repetitions, for smoke tests")
-    parser.add_argument("--sizes", choices=("a", "b", "both"), default="both", help="configurations to run")
+    parser.add_argument(
+        "--sizes",
+        default="all",
+        type=_config_keys,
+        help=f"configurations to run: 'all' or a comma-separated list of {', '.join(CONFIGS)}",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
         "--output",
@@ -304,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     args = _parse(argv)
     started = time.perf_counter()
     device = resolve_device(args.device)
-    configs = list(CONFIGS.values()) if args.sizes == "both" else [CONFIGS[args.sizes]]
+    configs = [CONFIGS[key] for key in args.sizes]
     budgets = QUICK if args.quick else FULL
     command = " ".join(["python -m benchmarks.ops", *(sys.argv[1:] if argv is None else argv)])
     with MemoryProbe(device, MEMORY_WORKERS) as memory:

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_operator_benchmark_quick_run(tmp_path: Path) -> None:
     report = tmp_path / "ops.md"
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.ops", "--quick", "--sizes", "b", "--output", str(report)],
+        [sys.executable, "-m", "benchmarks.ops", "--quick", "--sizes", "b,c,e", "--output", str(report)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -25,6 +25,11 @@ def test_operator_benchmark_quick_run(tmp_path: Path) -> None:
         "DynamicDWConv / DWConv, time",
         "WindowAttention / timm Swin, time",
         "NeighborhoodAttention / its reference path, memory",
+        "ACmix / its reference path, time",
+        "ACmix / its reference path, memory",
+        "KWConv2d 1x / nn.Conv2d, time",
     ):
         assert row in text
+    for preset in ("LKA(C)", "ACmixWindowAttention", "UniFormerLocalMHRA", "MixingAttention", "XVolution", "CondConv"):
+        assert f"| {preset}" in text, preset
     assert "| `halo_sdpa` |" in text and "| `window_sdpa` |" in text
