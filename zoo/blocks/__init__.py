@@ -1,0 +1,23 @@
+"""Shared machinery of the zoo: one block, one stage, one backbone interface for every family."""
+
+from zoo.blocks.backbone import Backbone
+from zoo.blocks.block import INLINE, Block, Branch
+from zoo.blocks.layout import LAYOUTS, BatchNormChannelsLast, convert_layout, infer_layout
+from zoo.blocks.registry import build_backbone, pretrained_cfg
+from zoo.blocks.stage import PatchEmbed, PatchMerging, Stage
+
+__all__ = [
+    "INLINE",
+    "LAYOUTS",
+    "Backbone",
+    "BatchNormChannelsLast",
+    "Block",
+    "Branch",
+    "PatchEmbed",
+    "PatchMerging",
+    "Stage",
+    "build_backbone",
+    "convert_layout",
+    "infer_layout",
+    "pretrained_cfg",
+]

@@ -1,0 +1,131 @@
+"""Stages and the layers between them: patch embedding, patch merging, strided-conv downsampling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from timm.models._manipulate import checkpoint_seq
+from torch import nn
+
+from zoo.blocks.layout import LAYOUTS, convert_layout, infer_layout
+
+__all__ = ["PatchEmbed", "PatchMerging", "Stage"]
+
+
+class PatchEmbed(nn.Module):
+    """Strided convolution ``proj`` then an optional ``norm``: the stems of Swin, VAN and UniFormer.
+
+    Args:
+        in_chans: Input channels.
+        embed_dim: Output channels.
+        patch_size: Kernel size of ``proj``.
+        stride: Stride of ``proj`` (``None``: ``patch_size``, non-overlapping).
+        padding: Zero padding of ``proj``.
+        norm_layer: Norm constructor called with ``embed_dim`` (``None``: no norm).
+        output_fmt: Layout of the output, ``"NCHW"`` or ``"NHWC"``.
+
+    Shape:
+        ``(B, in_chans, H, W) -> (B, embed_dim, H', W')`` in ``output_fmt``.
+    """
+
+    def __init__(
+        self,
+        in_chans: int,
+        embed_dim: int,
+        patch_size: int,
+        stride: int | None = None,
+        padding: int = 0,
+        norm_layer: Callable[[int], nn.Module] | None = None,
+        output_fmt: str = "NCHW",
+    ) -> None:
+        super().__init__()
+        if output_fmt not in LAYOUTS:
+            raise ValueError(f"output_fmt must be one of {LAYOUTS}, got {output_fmt!r}")
+        self.output_fmt = output_fmt
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride or patch_size, padding)
+        self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)
+        layout = infer_layout(self.norm) or "NCHW"
+        x = self.norm(convert_layout(x, "NCHW", layout))
+        return convert_layout(x, layout, self.output_fmt)
+
+
+class PatchMerging(nn.Module):
+    """Swin's patch merging: concatenate each ``2 x 2`` neighbourhood, ``norm``, then ``reduction``.
+
+    The concatenation order (top-left, bottom-left, top-right, bottom-right) is the official
+    Swin's and timm's, so ``reduction`` weights load from either. Channels-last in and out.
+
+    Args:
+        dim: Input channels ``C``.
+        out_dim: Output channels (``None``: ``2C``).
+        norm_layer: Norm over the ``4C`` concatenation.
+
+    Shape:
+        ``(B, H, W, C) -> (B, H/2, W/2, out_dim)``; ``H`` and ``W`` must be even (a ``ValueError``
+        otherwise: padding is the caller's decision).
+    """
+
+    layout = "NHWC"
+
+    def __init__(self, dim: int, out_dim: int | None = None, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm):
+        super().__init__()
+        self.norm = norm_layer(4 * dim)
+        self.reduction = nn.Linear(4 * dim, out_dim or 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        if H % 2 or W % 2:
+            raise ValueError(f"PatchMerging needs an even height and width, got {H}x{W}")
+        x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return self.reduction(self.norm(x))
+
+
+class Stage(nn.Module):
+    """A run of blocks, with an optional downsampling layer before (timm) or after (official Swin) it.
+
+    Args:
+        blocks: The blocks, registered as ``blocks.0``, ``blocks.1``, ...
+        downsample: A layer registered as ``downsample`` (``None``: no downsampling).
+        downsample_last: Run ``downsample`` after the blocks (official Swin and DWNet) rather than
+            before them (timm). A [`Backbone`][zoo.blocks.Backbone] takes the stage's feature map
+            before a trailing downsample.
+
+    Shape:
+        The blocks' shapes; the stream's layout is the blocks' (``downsample`` is converted to).
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module], downsample: nn.Module | None = None, downsample_last: bool = False):
+        super().__init__()
+        self.downsample = downsample if downsample is not None else nn.Identity()
+        self.downsample_last = downsample_last
+        self.blocks = nn.Sequential(*blocks)
+        self.grad_checkpointing = False
+
+    @property
+    def layout(self) -> str:
+        """The stream layout of the blocks (``"NCHW"`` when they do not say)."""
+        return infer_layout(self.blocks) or "NCHW"
+
+    def _downsample(self, x: torch.Tensor) -> torch.Tensor:
+        wanted = infer_layout(self.downsample)
+        x = self.downsample(convert_layout(x, self.layout, wanted))
+        return convert_layout(x, wanted or self.layout, self.layout)
+
+    def forward_body(self, x: torch.Tensor) -> torch.Tensor:
+        """The stage up to its feature map: a leading downsample, then the blocks."""
+        if not self.downsample_last:
+            x = self._downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+    def forward_tail(self, x: torch.Tensor) -> torch.Tensor:
+        """What follows the feature map: the trailing downsample, if the stage has one."""
+        return self._downsample(x) if self.downsample_last else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_tail(self.forward_body(x))
