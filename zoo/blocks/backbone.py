@@ -75,7 +75,7 @@ class Backbone(nn.Module):
         self.classifier_name = classifier
         self.head_norm_name = head_norm_name if head_norm is not None else None
         self.head_drop = nn.Dropout(drop_rate)
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True, input_fmt=self.output_fmt)
+        self.global_pool = self._pool(global_pool)
         if head_norm is not None:
             self._set_path(head_norm_name, head_norm)
         self._set_path(classifier, self._linear(num_features, num_classes))
@@ -95,6 +95,10 @@ class Backbone(nn.Module):
             dict(num_chs=c, reduction=r, module=m) for c, r, m in zip(channels, reductions, modules, strict=True)
         ]
         self.num_stages = self._active_stages = len(channels)
+
+    def _pool(self, pool_type: str) -> nn.Module:
+        # Without pooling the map keeps its shape, as in timm's heads.
+        return SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type), input_fmt=self.output_fmt)
 
     @staticmethod
     def _linear(num_features: int, num_classes: int) -> nn.Module:
@@ -178,7 +182,7 @@ class Backbone(nn.Module):
         """
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True, input_fmt=self.output_fmt)
+            self.global_pool = self._pool(global_pool)
         if reset_other and self.head_norm_name is not None:
             self._set_path(self.head_norm_name, nn.Identity())
         self._set_path(self.classifier_name, self._linear(self.num_features, num_classes))
