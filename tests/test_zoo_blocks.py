@@ -157,6 +157,11 @@ class TestStageLayers:
     def test_patch_merging_refuses_odd_sizes(self):
         with pytest.raises(ValueError, match="even"):
             PatchMerging(6)(torch.randn(1, 7, 4, 6))
+        ours, theirs = PatchMerging(6, pad_odd=True), TimmPatchMerging(6)
+        _randomize(theirs)
+        ours.load_state_dict(theirs.state_dict())
+        x = torch.randn(2, 7, 5, 6)
+        torch.testing.assert_close(ours(x), theirs(x))
 
     def test_patch_embed_layouts(self):
         embed = PatchEmbed(3, 8, 4, norm_layer=nn.LayerNorm, output_fmt="NHWC")

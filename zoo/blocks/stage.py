@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
@@ -63,23 +64,34 @@ class PatchMerging(nn.Module):
         dim: Input channels ``C``.
         out_dim: Output channels (``None``: ``2C``).
         norm_layer: Norm over the ``4C`` concatenation.
+        pad_odd: Zero-pad an odd height or width at the bottom or right first (what timm's and the
+            official Swin detection code do); ``False`` raises a ``ValueError`` on odd sizes.
 
     Shape:
-        ``(B, H, W, C) -> (B, H/2, W/2, out_dim)``; ``H`` and ``W`` must be even (a ``ValueError``
-        otherwise: padding is the caller's decision).
+        ``(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), out_dim)``.
     """
 
     layout = "NHWC"
 
-    def __init__(self, dim: int, out_dim: int | None = None, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm):
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int | None = None,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        pad_odd: bool = False,
+    ):
         super().__init__()
+        self.pad_odd = pad_odd
         self.norm = norm_layer(4 * dim)
         self.reduction = nn.Linear(4 * dim, out_dim or 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         if H % 2 or W % 2:
-            raise ValueError(f"PatchMerging needs an even height and width, got {H}x{W}")
+            if not self.pad_odd:
+                raise ValueError(f"PatchMerging needs an even height and width (or pad_odd=True), got {H}x{W}")
+            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+            B, H, W, C = x.shape
         x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
         return self.reduction(self.norm(x))
 
