@@ -2,8 +2,9 @@
 
 from zoo.blocks.backbone import Backbone
 from zoo.blocks.block import INLINE, Block, Branch
+from zoo.blocks.flat import FlatBackbone, drop_path_rates
 from zoo.blocks.layout import LAYOUTS, BatchNormChannelsLast, convert_layout, infer_layout
-from zoo.blocks.registry import build_backbone, pretrained_cfg
+from zoo.blocks.registry import build_backbone, pretrained_cfg, register_variants
 from zoo.blocks.stage import PatchEmbed, PatchMerging, Stage
 
 __all__ = [
@@ -13,11 +14,14 @@ __all__ = [
     "BatchNormChannelsLast",
     "Block",
     "Branch",
+    "FlatBackbone",
     "PatchEmbed",
     "PatchMerging",
     "Stage",
     "build_backbone",
     "convert_layout",
+    "drop_path_rates",
     "infer_layout",
     "pretrained_cfg",
+    "register_variants",
 ]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-__all__ = ["build_backbone", "pretrained_cfg"]
+__all__ = ["build_backbone", "pretrained_cfg", "register_variants"]
 
 
 def pretrained_cfg(
@@ -70,3 +73,45 @@ def build_backbone(model_cls: type[nn.Module], variant: str, pretrained: bool = 
         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
         **kwargs,
     )
+
+
+def register_variants(
+    model_cls: type[nn.Module], variants: Mapping[str, Mapping[str, Any]], *, module: str, **cfg: Any
+) -> None:
+    """Register one timm entrypoint per variant of a model class, as if written in ``module``.
+
+    Each entrypoint ``name(pretrained=False, **kwargs)`` builds ``model_cls(**variants[name], **kwargs)``
+    through [`build_backbone`][zoo.blocks.build_backbone] (so ``features_only`` works), is set as an
+    attribute of ``module``, and gets a pretrained config without weights.
+
+    Args:
+        model_cls: A [`Backbone`][zoo.blocks.Backbone] subclass.
+        variants: Constructor arguments of each variant, by model name.
+        module: The module the entrypoints belong to (``__name__`` of the caller); timm files them under it.
+        **cfg: Arguments of [`pretrained_cfg`][zoo.blocks.pretrained_cfg] (``first_conv``, ``classifier``,
+            ``paper``, ...).
+
+    Raises:
+        ValueError: If timm already has a model of one of the names from another module.
+    """
+    mod = sys.modules[module]
+    for name in variants:
+        if timm.is_model(name) and timm.models.model_entrypoint(name).__module__ != module:
+            raise ValueError(f"timm already has a model named {name!r}; register it as 'uo_{name}'")
+    mod.default_cfgs = {
+        **getattr(mod, "default_cfgs", {}),
+        **generate_default_cfgs({name: pretrained_cfg(**cfg) for name in variants}),
+    }
+    for name, arch in variants.items():
+        setattr(mod, name, register_model(_entrypoint(model_cls, name, dict(arch), module)))
+
+
+def _entrypoint(model_cls: type[nn.Module], name: str, arch: dict[str, Any], module: str) -> Callable[..., nn.Module]:
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+        return build_backbone(model_cls, name, pretrained, **{**arch, **kwargs})
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = module
+    args = ", ".join(f"{k}={v!r}" for k, v in arch.items())
+    entrypoint.__doc__ = f"``{name}``: ``{model_cls.__name__}({args})``; keyword arguments override these."
+    return entrypoint
