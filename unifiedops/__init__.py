@@ -3,6 +3,7 @@ as points on its sparsity, sharing and dynamism axes."""
 
 from unifiedops.acmix import ACmix, ACmixWindowAttention
 from unifiedops.aggregation import Aggregation
+from unifiedops.flops import count_flops, flop_breakdown, flop_counter
 from unifiedops.instances import (
     DWConv,
     DynamicDWConv,
@@ -63,5 +64,8 @@ __all__ = [
     "WindowAttention",
     "XVolution",
     "applicable_paths",
+    "count_flops",
+    "flop_breakdown",
+    "flop_counter",
     "set_temperature",
 ]
