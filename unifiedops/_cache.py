@@ -27,7 +27,8 @@ def cached_tables(build):
 
     @functools.lru_cache(maxsize=64)
     def on_cpu(*args):
-        with torch.inference_mode(False):
+        # Tables are geometry: build them on the CPU even inside `with torch.device("meta")`.
+        with torch.inference_mode(False), torch.device("cpu"):
             return build(*args)
 
     @functools.lru_cache(maxsize=64)
