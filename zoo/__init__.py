@@ -14,7 +14,11 @@ import fnmatch
 
 import timm
 
-__all__ = ["list_models"]
+# Importing a family module registers its models with timm.
+from zoo import acmix_resnet, dwnet, kw_resnet, swin_family, uniformer, van  # noqa: F401
+from zoo.builder import BackboneSpec, SpecBackbone, StageSpec, register_backbone, register_mixer
+
+__all__ = ["BackboneSpec", "SpecBackbone", "StageSpec", "list_models", "register_backbone", "register_mixer"]
 
 
 def list_models(pattern: str = "*") -> list[str]:

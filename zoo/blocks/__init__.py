@@ -5,6 +5,7 @@ from zoo.blocks.block import INLINE, Block, Branch
 from zoo.blocks.flat import FlatBackbone, drop_path_rates
 from zoo.blocks.layout import LAYOUTS, BatchNormChannelsLast, convert_layout, infer_layout
 from zoo.blocks.registry import build_backbone, pretrained_cfg, register_variants
+from zoo.blocks.resnet_layout import ConvSpec, ResNetLayout, plain_conv, resnet_cfg
 from zoo.blocks.stage import PatchEmbed, PatchMerging, Stage
 
 __all__ = [
@@ -14,14 +15,18 @@ __all__ = [
     "BatchNormChannelsLast",
     "Block",
     "Branch",
+    "ConvSpec",
     "FlatBackbone",
     "PatchEmbed",
     "PatchMerging",
+    "ResNetLayout",
     "Stage",
     "build_backbone",
     "convert_layout",
     "drop_path_rates",
     "infer_layout",
+    "plain_conv",
     "pretrained_cfg",
     "register_variants",
+    "resnet_cfg",
 ]

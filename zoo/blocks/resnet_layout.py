@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from timm.models._manipulate import checkpoint_seq
@@ -27,8 +28,9 @@ from torch import nn
 
 from zoo.blocks.backbone import Backbone
 from zoo.blocks.block import Block, Branch
+from zoo.blocks.registry import pretrained_cfg
 
-__all__ = ["BLOCK_EXPANSION", "ROLES", "ConvFactory", "ConvSpec", "ResNetLayout", "plain_conv"]
+__all__ = ["BLOCK_EXPANSION", "ROLES", "ConvFactory", "ConvSpec", "ResNetLayout", "plain_conv", "resnet_cfg"]
 
 BLOCK_EXPANSION = {"basic": 1, "bottleneck": 4}
 """Output channels of a block over its ``planes``, per block type."""
@@ -84,6 +86,19 @@ def _check_conv(layer: object, spec: ConvSpec) -> nn.Module:
     if not isinstance(layer, nn.Module):
         raise TypeError(f"conv_factory must return an nn.Module for {spec}, got {type(layer).__name__}")
     return layer
+
+
+def resnet_cfg(paper: str, **overrides: Any) -> dict[str, Any]:
+    """The pretrained config of a model on this skeleton (no weights; ``conv1`` and ``fc``).
+
+    Args:
+        paper: The paper the model comes from (arXiv id or URL).
+        **overrides: Other fields (``interpolation``, ``license``, ...).
+
+    Returns:
+        Keyword arguments for ``timm.models.generate_default_cfgs``.
+    """
+    return pretrained_cfg(first_conv="conv1", classifier="fc", paper=paper, **{"crop_pct": 0.875, **overrides})
 
 
 class ResNetLayout(Backbone):
@@ -184,27 +199,18 @@ class ResNetLayout(Backbone):
             # see them in the order the official code creates them.
             conv = self._conv(in_chs, out_chs, 1, stride, stage, index, "downsample")
             shortcut = ("downsample", nn.Sequential(conv, nn.BatchNorm2d(out_chs)))
+        # (in, out, kernel, stride) of conv1, conv2[, conv3]: v1.5 strides on the 3x3.
         if self.block_type == "basic":
-            steps = [
-                ("conv1", self._conv(in_chs, planes, 3, stride, stage, index, "conv1")),
-                ("bn1", nn.BatchNorm2d(planes)),
-                ("act1", nn.ReLU(inplace=True)),
-                ("conv2", self._conv(planes, planes, 3, 1, stage, index, "conv2")),
-                ("bn2", nn.BatchNorm2d(planes)),
-            ]
-            last = "act2"
+            convs = [(in_chs, planes, 3, stride), (planes, planes, 3, 1)]
         else:
-            steps = [
-                ("conv1", self._conv(in_chs, planes, 1, 1, stage, index, "conv1")),
-                ("bn1", nn.BatchNorm2d(planes)),
-                ("act1", nn.ReLU(inplace=True)),
-                ("conv2", self._conv(planes, planes, 3, stride, stage, index, "conv2")),
-                ("bn2", nn.BatchNorm2d(planes)),
-                ("act2", nn.ReLU(inplace=True)),
-                ("conv3", self._conv(planes, out_chs, 1, 1, stage, index, "conv3")),
-                ("bn3", nn.BatchNorm2d(out_chs)),
-            ]
-            last = "act3"
+            convs = [(in_chs, planes, 1, 1), (planes, planes, 3, stride), (planes, out_chs, 1, 1)]
+        steps = []
+        for i, (cin, cout, k, s) in enumerate(convs, start=1):
+            if i > 1:
+                steps.append((f"act{i - 1}", nn.ReLU(inplace=True)))
+            steps.append((f"conv{i}", self._conv(cin, cout, k, s, stage, index, f"conv{i}")))
+            steps.append((f"bn{i}", nn.BatchNorm2d(cout)))
+        last = f"act{len(convs)}"
         branch = Branch(steps, shortcut=shortcut, drop_path=drop_path, after=[(last, nn.ReLU(inplace=True))])
         return Block(branch, dim=out_chs)
 
