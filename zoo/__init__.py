@@ -15,7 +15,7 @@ import fnmatch
 import timm
 
 # Importing a family module registers its models with timm.
-from zoo import acmix_resnet, dwnet, kw_resnet, swin_family, uniformer, van  # noqa: F401
+from zoo import acmix_resnet, dwnet, kw_resnet, mixformer, swin_family, uniformer, van  # noqa: F401
 from zoo.builder import BackboneSpec, SpecBackbone, StageSpec, register_backbone, register_mixer
 
 __all__ = ["BackboneSpec", "SpecBackbone", "StageSpec", "list_models", "register_backbone", "register_mixer"]

@@ -71,7 +71,7 @@ _VAN = "Visual Attention Network (Guo et al., CVMJ 2023), official README"
 _ACMIX = "ACmix (Pan et al., CVPR 2022), official README"
 _KW = "KernelWarehouse (Li & Yao, ICML 2024), official README"
 _UNIFORMER = "UniFormer (Li et al., ICLR 2022 / TPAMI 2023), official README"
-_MIXFORMER = "MixFormer (Chen et al., CVPR 2022), Table 1"
+_MIXFORMER = "MixFormer (Chen et al., CVPR 2022), Table 1 (FLOPs; no ImageNet parameter counts are published)"
 _CONVNEXT = "ConvNeXt (Liu et al., CVPR 2022), Table 1"
 
 PUBLISHED: dict[str, Published] = {
@@ -108,9 +108,9 @@ PUBLISHED: dict[str, Published] = {
     "kw_convnext_tiny_1x": Published("39.37M", None, _KW),
     "uniformer_small": Published("22M", "3.6G", _UNIFORMER),
     "uniformer_base": Published("50M", "8.3G", _UNIFORMER),
-    "mixformer_b0": Published(None, "0.4G", _MIXFORMER),
-    "mixformer_b1": Published(None, "0.7G", _MIXFORMER),
-    "mixformer_b2": Published(None, "0.9G", _MIXFORMER),
-    "mixformer_b3": Published(None, "1.9G", _MIXFORMER),
+    "mixformer_b0": Published(None, "0.4G", _MIXFORMER, official_params=5_098_767),
+    "mixformer_b1": Published(None, "0.7G", _MIXFORMER, official_params=7_887_877),
+    "mixformer_b2": Published(None, "0.9G", _MIXFORMER, official_params=9_894_848),
+    "mixformer_b3": Published(None, "1.9G", _MIXFORMER, official_params=16_747_808),
     "uo_convnext_tiny": Published("28.6M", "4.5G", _CONVNEXT),
 }
