@@ -28,13 +28,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
-from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from zoo.blocks import Block, Branch, pretrained_cfg
-from zoo.builder import BackboneSpec, StageSpec, create_from_spec, mlp_branch, register_block
+from zoo.blocks import Block, Branch, register_variants
+from zoo.builder import BackboneSpec, SpecBackbone, StageSpec, mlp_branch, register_block
 
 __all__ = [
     "DWNET_BASE",
@@ -124,45 +122,12 @@ _SPECS = {
     "i_dynamic_dwnet_base": I_DYNAMIC_DWNET_BASE,
 }
 
-default_cfgs = generate_default_cfgs(
-    {
-        name: pretrained_cfg(first_conv="patch_embed.proj", classifier="head", paper="arXiv:2106.04263", license="mit")
-        for name in _SPECS
-    }
+register_variants(
+    SpecBackbone,
+    {name: dict(spec=spec) for name, spec in _SPECS.items()},
+    module=__name__,
+    first_conv="patch_embed.proj",
+    classifier="head",
+    paper="arXiv:2106.04263",
+    license="mit",
 )
-
-
-@register_model
-def dwnet_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """DWNet-T (24M parameters, 3.8 GFLOPs)."""
-    return create_from_spec(DWNET_TINY, "dwnet_tiny", pretrained, **kwargs)
-
-
-@register_model
-def dwnet_base(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """DWNet-B (74M parameters, 12.9 GFLOPs)."""
-    return create_from_spec(DWNET_BASE, "dwnet_base", pretrained, **kwargs)
-
-
-@register_model
-def dynamic_dwnet_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Dynamic DWNet-T (51M parameters, 3.8 GFLOPs)."""
-    return create_from_spec(DYNAMIC_DWNET_TINY, "dynamic_dwnet_tiny", pretrained, **kwargs)
-
-
-@register_model
-def dynamic_dwnet_base(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Dynamic DWNet-B (162M parameters, 13.0 GFLOPs)."""
-    return create_from_spec(DYNAMIC_DWNET_BASE, "dynamic_dwnet_base", pretrained, **kwargs)
-
-
-@register_model
-def i_dynamic_dwnet_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """I-dynamic DWNet-T (inhomogeneous dynamic depth-wise conv, 32 groups)."""
-    return create_from_spec(I_DYNAMIC_DWNET_TINY, "i_dynamic_dwnet_tiny", pretrained, **kwargs)
-
-
-@register_model
-def i_dynamic_dwnet_base(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """I-dynamic DWNet-B (inhomogeneous dynamic depth-wise conv, 32 groups)."""
-    return create_from_spec(I_DYNAMIC_DWNET_BASE, "i_dynamic_dwnet_base", pretrained, **kwargs)

@@ -21,13 +21,9 @@ are not window multiples its outputs differ slightly from ours).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-from timm.models import generate_default_cfgs, register_model
-from torch import nn
-
-from zoo.blocks import pretrained_cfg
-from zoo.builder import BackboneSpec, create_from_spec
+from zoo.blocks import register_variants
+from zoo.builder import BackboneSpec, SpecBackbone
 
 __all__ = ["ACMIX_SWIN_SMALL", "ACMIX_SWIN_TINY", "SWIN_BASE", "SWIN_SMALL", "SWIN_TINY"]
 
@@ -59,48 +55,21 @@ ACMIX_SWIN_SMALL = dataclasses.replace(
 )
 """ACmix-Swin-S: Swin-S with ACmix's window attention plus shift convolution in every block."""
 
-_SWIN_PAPER = "arXiv:2103.14030"
-_ACMIX_PAPER = "arXiv:2111.14556"
-
-default_cfgs = generate_default_cfgs(
-    {
-        **{
-            name: pretrained_cfg(first_conv="patch_embed.proj", classifier="head.fc", paper=_SWIN_PAPER, license="mit")
-            for name in ("swin_tiny", "swin_small", "swin_base")
-        },
-        **{
-            name: pretrained_cfg(first_conv="patch_embed.proj", classifier="head", paper=_ACMIX_PAPER, license="mit")
-            for name in ("acmix_swin_tiny", "acmix_swin_small")
-        },
-    }
+register_variants(
+    SpecBackbone,
+    {"swin_tiny": dict(spec=SWIN_TINY), "swin_small": dict(spec=SWIN_SMALL), "swin_base": dict(spec=SWIN_BASE)},
+    module=__name__,
+    first_conv="patch_embed.proj",
+    classifier="head.fc",
+    paper="arXiv:2103.14030",
+    license="mit",
 )
-
-
-@register_model
-def swin_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Swin-T (28M parameters, 4.5 GFLOPs); timm's ``swin_tiny_patch4_window7_224`` weights load unchanged."""
-    return create_from_spec(SWIN_TINY, "swin_tiny", pretrained, **kwargs)
-
-
-@register_model
-def swin_small(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Swin-S (50M parameters, 8.7 GFLOPs); timm's ``swin_small_patch4_window7_224`` weights load unchanged."""
-    return create_from_spec(SWIN_SMALL, "swin_small", pretrained, **kwargs)
-
-
-@register_model
-def swin_base(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Swin-B (88M parameters, 15.4 GFLOPs); timm's ``swin_base_patch4_window7_224`` weights load unchanged."""
-    return create_from_spec(SWIN_BASE, "swin_base", pretrained, **kwargs)
-
-
-@register_model
-def acmix_swin_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """ACmix-Swin-T (30M parameters, 4.6 GFLOPs); official ACmix checkpoints load unchanged."""
-    return create_from_spec(ACMIX_SWIN_TINY, "acmix_swin_tiny", pretrained, **kwargs)
-
-
-@register_model
-def acmix_swin_small(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """ACmix-Swin-S (51M parameters, 9.0 GFLOPs); official ACmix checkpoints load unchanged."""
-    return create_from_spec(ACMIX_SWIN_SMALL, "acmix_swin_small", pretrained, **kwargs)
+register_variants(
+    SpecBackbone,
+    {"acmix_swin_tiny": dict(spec=ACMIX_SWIN_TINY), "acmix_swin_small": dict(spec=ACMIX_SWIN_SMALL)},
+    module=__name__,
+    first_conv="patch_embed.proj",
+    classifier="head",
+    paper="arXiv:2111.14556",
+    license="mit",
+)
