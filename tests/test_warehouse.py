@@ -74,8 +74,7 @@ def static_forward(layer, x, weight):
     if isinstance(layer, KWLinear):
         return F.linear(x, weight.flatten(1), conv.bias)
     f = F.conv1d if isinstance(layer, KWConv1d) else F.conv2d
-    pad = conv.dilation * (conv.kernel_size[0] // 2)
-    return f(x, weight, conv.bias, conv.stride, pad, conv.dilation, conv.groups)
+    return f(x, weight, conv.bias, conv.stride, conv.padding[0], conv.dilation, conv.groups)
 
 
 def per_sample(layer, x, weights):
@@ -351,6 +350,19 @@ def test_kernel_assembly_layout():
 # --- fast path = reference path -----------------------------------------------------------------
 
 
+def draw_config(draw, num, io, spatial):
+    """Warehouse arguments: the drawn ratios, one shared warehouse, a drawn attention norm and basis."""
+    return dict(
+        cell_num_ratio=num,
+        cell_inplane_ratio=io,
+        cell_outplane_ratio=io,
+        spatial_partition=spatial,
+        sharing_range=("layer",),
+        norm_layer=draw(st.sampled_from([nn.BatchNorm1d, nn.LayerNorm])),
+        nonlocal_basis_ratio=draw(st.sampled_from([1, 0.5])),
+    )
+
+
 @st.composite
 def kw_cases(draw):
     num, io = draw(st.sampled_from(RATIOS))
@@ -369,15 +381,7 @@ def kw_cases(draw):
         k = draw(st.sampled_from([1, 3])) if spatial else shared_k
         stride, dilation = draw(st.integers(1, 2)), draw(st.integers(1, 2))
         specs.append((cin, cout, k, stride, dilation, groups, f"w_layer{i}", kind))
-    config = dict(
-        cell_num_ratio=num,
-        cell_inplane_ratio=io,
-        cell_outplane_ratio=io,
-        spatial_partition=spatial,
-        sharing_range=("layer",),
-        norm_layer=draw(st.sampled_from([nn.BatchNorm1d, nn.LayerNorm])),
-        nonlocal_basis_ratio=draw(st.sampled_from([1, 0.5])),
-    )
+    config = draw_config(draw, num, io, spatial)
     geometry = dict(batch=draw(st.integers(1, 3)), h=draw(st.integers(1, 7)), w=draw(st.integers(1, 7)))
     return specs, config, geometry, draw(st.sampled_from([0.0, 0.4, 1.0]))
 
@@ -392,12 +396,8 @@ def _run(net, layer, x, path, grad_out):
     return y.detach(), xx.grad, grads
 
 
-@settings(max_examples=max(EXAMPLES // 2, 1), deadline=None)
-@given(case=kw_cases(), seed=seeds)
-def test_fast_path_matches_reference(case, seed):
-    specs, config, geometry, tau = case
-    torch.manual_seed(seed)
-    net, layers = make_net(specs, **config)
+def check_paths_agree(net, layers, geometry, tau):
+    """Output, input gradient and parameter gradients of the fast path equal the reference path's."""
     randomize_(net.double()).eval()
     set_temperature(net, tau)
     for layer in layers:
@@ -414,13 +414,69 @@ def test_fast_path_matches_reference(case, seed):
             assert_close(gp[name], gp_ref[name], f"gradient of {name}")
 
 
-@settings(max_examples=max(EXAMPLES // 4, 1), deadline=None)
-@given(case=kw_cases(), seed=seeds)
-def test_matches_per_sample_static_conv(case, seed):
-    """Each sample is convolved (F.conv2d, F.conv1d, F.linear) with its kernel from ``assemble``."""
-    specs, config, geometry, tau = case
+def make_patch_net(specs, **config):
+    """Like ``make_net`` with an explicit padding: rows ``(in, out, k, stride, padding, dilation, groups, name)``."""
+    net = nn.Module()
+    net.warehouse_manager = Warehouse(**config)
+    layers = [
+        net.warehouse_manager.reserve(cin, cout, k, stride, pad, dilation, groups, bias=True, warehouse_name=name)
+        for cin, cout, k, stride, pad, dilation, groups, name in specs
+    ]
+    net.layers = nn.ModuleList(layers)
+    net.warehouse_manager.build(net)
+    return net, layers
+
+
+@st.composite
+def geometry_cases(draw):
+    """Layers of any geometry (even kernels, any padding and stride) sharing one warehouse, with an
+    input large enough for all of them."""
+    num, io = draw(st.sampled_from(RATIOS))
+    groups = draw(st.sampled_from([1, 2]))
+    spatial = draw(st.booleans())
+    shared_k = draw(st.integers(1, 4))
+    specs, smallest = [], 1
+    for i in range(draw(st.integers(1, 3))):
+        cin, cout = 2 * groups * draw(st.integers(1, 2)), 2 * groups * draw(st.integers(1, 2))
+        k = draw(st.integers(1, 4)) if spatial else shared_k
+        stride, pad, dilation = draw(st.integers(1, 4)), draw(st.integers(0, 2)), draw(st.integers(1, 2))
+        specs.append((cin, cout, k, stride, pad, dilation, groups, f"g_layer{i}"))
+        smallest = max(smallest, dilation * (k - 1) + 1 - 2 * pad)
+    config = draw_config(draw, num, io, spatial)
+    size = st.integers(smallest, smallest + 6)
+    geometry = dict(batch=draw(st.integers(1, 3)), h=draw(size), w=draw(size))
+    return specs, config, geometry, draw(st.sampled_from([0.0, 0.4, 1.0]))
+
+
+# Same-padded odd kernels (a sliding window, all layer types), and any nn.Conv2d geometry (patches).
+FAMILIES = {"same": (kw_cases(), make_net), "any": (geometry_cases(), make_patch_net)}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@settings(max_examples=max(EXAMPLES // 2, 1), deadline=None)
+@given(data=st.data(), seed=seeds)
+def test_fast_path_matches_reference(family, data, seed):
+    cases, build = FAMILIES[family]
+    specs, config, geometry, tau = data.draw(cases)
     torch.manual_seed(seed)
-    net, layers = make_net(specs, **config)
+    check_paths_agree(*build(specs, **config), geometry, tau)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@settings(max_examples=max(EXAMPLES // 4, 1), deadline=None)
+@given(data=st.data(), seed=seeds)
+def test_matches_per_sample_static_conv(family, data, seed):
+    """Each sample is convolved (F.conv2d with the layer's stride, padding and dilation, F.conv1d,
+    F.linear) with its kernel from ``assemble``: the output size is nn.Conv2d's."""
+    cases, build = FAMILIES[family]
+    specs, config, geometry, tau = data.draw(cases)
+    torch.manual_seed(seed)
+    check_per_sample(*build(specs, **config), geometry, tau)
+
+
+def check_per_sample(net, layers, geometry, tau):
+    """Each layer equals its per-sample static layer, with the kernel ``assemble`` gives for the
+    attention of the layer's input."""
     randomize_(net.double()).eval()
     set_temperature(net, tau)
     for layer in layers:
@@ -431,7 +487,33 @@ def test_matches_per_sample_static_conv(case, seed):
         else:
             a = conv.attention(x)
         kernels = conv.source.assemble(conv, a, x.shape[0])
+        assert kernels.shape[3:] == conv.kernel_size
         assert_close(layer(x), per_sample(layer, x, kernels))
+
+
+# --- any nn.Conv2d geometry: layers of patches ---------------------------------------------------
+
+
+def test_convnext_stem_and_downsampling_are_patches():
+    """ConvNeXt's 4x4/4 stem and 2x2/2 downsampling (padding 0) on a size that is no multiple of the
+    stride (the remainder is dropped, as by nn.Conv2d), against F.conv2d with each sample's kernel."""
+    torch.manual_seed(0)
+    net, (stem, down) = make_patch_net(
+        [(3, 8, 4, 4, 0, 1, 1, "stem_conv0"), (8, 16, 2, 2, 0, 1, 1, "stage0_layerds_conv0")],
+        sharing_range=("layer", "pwconv"),
+        norm_layer=nn.LayerNorm,
+    )
+    randomize_(net.double()).eval()
+    assert [tuple(w.shape) for w in net.warehouse_manager.weights] == [(16, 8, 3, 1, 1), (4, 16, 8, 1, 1)]
+    assert stem.paths == ["batched_conv", "reference"] and stem.padding == (0, 0)
+    x = torch.randn(2, 3, 30, 37, dtype=F64)
+    for layer in (stem, down):
+        kernels = layer.source.assemble(layer, layer.attention(x), x.shape[0])
+        y = layer(x)
+        assert_close(y, per_sample(layer, x, kernels))
+        assert y.shape[2:] == tuple((n - layer.kernel_size[0]) // layer.stride + 1 for n in x.shape[2:])
+        x = y
+    assert x.shape == (2, 16, 3, 4)
 
 
 # --- gradients ----------------------------------------------------------------------------------
@@ -442,6 +524,7 @@ GRAD_SPECS = {
     "conv1d": [(4, 4, 3, 1, 1, 1, "s_layer0", "conv1d"), (4, 2, 3, 2, 2, 2, "s_layer1", "conv1d")],
     "linear": [(4, 6, 1, 1, 1, 1, "s_layer0", "linear"), (6, 4, 1, 1, 1, 1, "s_layer1", "linear")],
 }
+PATCH_SPECS = [(2, 4, 2, 2, 0, 1, 1, "s_layer0"), (4, 2, 3, 1, 1, 2, 2, "s_layer1")]
 GRAD_CONFIG = {
     "conv2d": dict(cell_num_ratio=0.5, cell_inplane_ratio=0.5, cell_outplane_ratio=0.5, nonlocal_basis_ratio=0.5),
     "conv2d-whole-kernel": dict(cell_num_ratio=2, spatial_partition=False),
@@ -470,6 +553,18 @@ def test_gradcheck(name, path):
     x = input_for(first, 2, 2, 3).requires_grad_(True)
     assert gradcheck(net, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
     assert gradcheck(f, (x, *params), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize("path", ["batched_conv", "reference"])
+def test_gradcheck_patches(path):
+    torch.manual_seed(3)
+    net, (first, second) = make_patch_net(PATCH_SPECS, sharing_range=("layer",), cell_num_ratio=2)
+    randomize_(net.double()).eval()
+    set_temperature(net, 0.3)
+    for layer in (first, second):
+        layer.path = path
+    x = input_for(first, 2, 8, 9).requires_grad_(True)
+    assert gradcheck(lambda x: second(first(x)), (x,), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
 
 
 # --- temperature --------------------------------------------------------------------------------
@@ -541,9 +636,15 @@ def test_a_small_kw_network_trains():
 def test_errors():
     mgr = Warehouse()
     with pytest.raises(ValueError, match="padding"):
-        mgr.reserve(4, 4, 3, padding=0)
+        mgr.reserve(4, 4, 3, padding=0, layer_type="conv1d")
+    with pytest.raises(ValueError, match="padding"):
+        mgr.reserve(4, 4, 3, padding=-1)
+    with pytest.raises(ValueError, match="padding"):
+        mgr.reserve(4, 4, 3, padding=(1, 2))
     with pytest.raises(ValueError, match="kernel_size"):
         mgr.reserve(4, 4, 2)
+    with pytest.raises(ValueError, match="kernel_size"):
+        mgr.reserve(4, 4, (3, 1), padding=0)
     with pytest.raises(ValueError, match="layer_type"):
         mgr.reserve(4, 4, 3, layer_type="conv3d")
     with pytest.raises(ValueError, match="divisible"):
@@ -571,3 +672,8 @@ def test_errors():
         make_net([(4, 4, 3, 1, 1, 1, "a")], cell_num_ratio=0.5)
     with pytest.raises(ValueError, match="3-D"):
         make_net([(4, 4, 3, 1, 1, 1, "a", "conv1d")])[1][0](torch.randn(1, 4, 5, 5))
+    (patches,) = make_patch_net([(4, 4, 4, 4, 0, 1, 1, "a")])[1]
+    with pytest.raises(ValueError, match="smaller than the dilated kernel"):
+        patches(torch.randn(1, 4, 3, 8))
+    with pytest.raises(ValueError, match="channels"):
+        patches(torch.randn(1, 3, 8, 8))

@@ -11,7 +11,9 @@ channel mixing, whose weights are shared across positions and, through the wareh
 and are dynamic per sample. It runs as an [`Aggregation`][unifiedops.Aggregation] whose
 [`WarehouseKernel`][unifiedops.warehouse.WarehouseKernel] source assembles the kernels with one
 matrix product, on the batch-folded grouped convolution (``batched_conv``), and on the literal
-``reference`` path.
+``reference`` path. A KW convolution whose geometry a centred window cannot express (an even kernel,
+or a padding other than ``dilation * (k // 2)``, such as ConvNeXt's ``4 x 4`` stride-4 stem) runs as a
+``1 x 1`` aggregation over the input's ``k x k`` patches (``F.unfold``), on the same two paths.
 
 The life cycle is the official one:
 
@@ -42,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unifiedops._checks import check_choice, check_divisible, check_int
+from unifiedops._checks import check_choice, check_divisible, check_input, check_int
 from unifiedops.aggregation import Aggregation
-from unifiedops.neighbourhoods import Neighbourhood, Sliding
+from unifiedops.neighbourhoods import Neighbourhood, Point, Sliding
 from unifiedops.weights import ConvKernelSource
 
 __all__ = [
@@ -255,13 +257,17 @@ class WarehouseKernel(ConvKernelSource):
     then output blocks, then input blocks) over the kernel. ``dims=1`` assembles a 1-D kernel ``(k,)``
     and embeds it as the middle column of a ``k x k`` kernel, for a ``(B, C, L, 1)`` view of the input.
 
+    A layer of patches (see [`KWConv2d`][unifiedops.warehouse.KWConv2d]) aggregates the ``C k k``
+    channels of its unfolded input at one point: its source has ``channels = C k k`` and its kernel is
+    reshaped to ``(B, O, C k k / groups, 1, 1)``, whose channel order is ``F.unfold``'s.
+
     It registers only ``bias`` (``(O,)``, zeros, or ``None``). The cells live in a
     [`Warehouse`][unifiedops.warehouse.Warehouse], and ``attention`` and the layer's
     [`CellLayout`][unifiedops.warehouse.CellLayout] are set by
     [`Warehouse.allocate`][unifiedops.warehouse.Warehouse.allocate].
 
     Args:
-        channels: Input channels ``C``.
+        channels: Input channels of the aggregation: ``C``, or ``C k k`` for a layer of patches.
         out_channels: Output channels ``O``.
         groups: Channel groups; ``C`` and ``O`` must be divisible by it.
         bias: Whether to add a learned per-channel bias (after the convolution).
@@ -288,11 +294,17 @@ class WarehouseKernel(ConvKernelSource):
         return self.groups
 
     def build(self, module: nn.Module, neighbourhood: Neighbourhood) -> None:
-        if not isinstance(neighbourhood, Sliding):
-            raise TypeError(f"WarehouseKernel needs a Sliding neighbourhood, got {type(neighbourhood).__name__}")
+        if not isinstance(neighbourhood, Sliding | Point):
+            raise TypeError(
+                f"WarehouseKernel needs a Sliding (or, for patches, a Point) neighbourhood, "
+                f"got {type(neighbourhood).__name__}"
+            )
         module.bias = nn.Parameter(torch.zeros(self.out_channels)) if self.bias else None
         module.register_module("attention", None)
         module.cell_layout = None
+        # A Point layer aggregates unfolded patches; its forward sets the input its attention pools.
+        module.unfold = isinstance(neighbourhood, Point)
+        module.attention_input = None
 
     def assemble(self, module: nn.Module, attention: torch.Tensor, batch: int) -> torch.Tensor:
         """Kernels from attention values: ``(B*m, n) -> (B, O, C/groups, *k)`` (the layer's own ``k``).
@@ -310,7 +322,7 @@ class WarehouseKernel(ConvKernelSource):
         # (B, spatial, out blocks, in blocks, cell_out, cell_in, *cell_k) -> (B, out, in, taps): the
         # official order, so 1x1 cells tile the taps row-major.
         w = w.permute(0, 2, 4, 3, 5, 1, *range(6, 6 + d))
-        return w.reshape(batch, self.out_channels, self.channels // self.groups, *module.kernel_size)
+        return w.reshape(batch, self.out_channels, module.in_planes // self.groups, *module.kernel_size)
 
     def conv_weight(self, module, x):
         if module.cell_layout is None:
@@ -318,7 +330,12 @@ class WarehouseKernel(ConvKernelSource):
                 "this KW layer has no cells yet: call store() and allocate(network), or build(network), "
                 "on its Warehouse"
             )
-        w = self.assemble(module, module.attention(x), x.shape[0])
+        # A layer of patches receives the unfolded input; its attention pools the layer's own input.
+        pooled = x if module.attention_input is None else module.attention_input
+        w = self.assemble(module, module.attention(pooled), x.shape[0])
+        if module.unfold:
+            # (B, O, C/g, k, k) -> (B, O, C/g * k * k, 1, 1): F.unfold orders a patch's channels (c, i, j).
+            return w.reshape(*w.shape[:2], -1, 1, 1)
         if self.dims == 1:
             # The 1-D kernel becomes the middle column of a k x k kernel over a width-1 input.
             r = module.kernel_size[0] // 2
@@ -332,32 +349,48 @@ class WarehouseKernel(ConvKernelSource):
 # --- layers -------------------------------------------------------------------------------------
 
 
-def _odd_kernel(kernel_size: int | Sequence[int]) -> int:
+def _square_kernel(kernel_size: int | Sequence[int]) -> int:
     if not isinstance(kernel_size, int):
         sizes = tuple(kernel_size)
         if not sizes or any(s != sizes[0] for s in sizes):
-            raise ValueError(f"kernel_size must be one odd int or equal odd ints, got kernel_size={kernel_size!r}")
+            raise ValueError(f"kernel_size must be one int or equal ints (square), got kernel_size={kernel_size!r}")
         kernel_size = sizes[0]
-    check_int("kernel_size", kernel_size, minimum=1)
+    return check_int("kernel_size", kernel_size, minimum=1)
+
+
+def _odd_kernel(kernel_size: int | Sequence[int]) -> int:
+    kernel_size = _square_kernel(kernel_size)
     if kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be odd (the layer pads to keep the size), got kernel_size={kernel_size}")
+        raise ValueError(
+            f"kernel_size must be odd with padding=None (same padding), got kernel_size={kernel_size}; "
+            "give an explicit padding for an even kernel"
+        )
     return kernel_size
 
 
-def _same_padding(padding: int | Sequence[int] | None, kernel_size: int, dilation: int) -> None:
-    want = dilation * (kernel_size // 2)
+def _padding(padding: int | Sequence[int] | None, kernel_size: int, dilation: int, dims: int) -> int:
+    """The layer's zero padding on every side; only 2-D layers take one other than ``dilation * (k // 2)``."""
+    same = dilation * (kernel_size // 2)
     if padding is None:
-        return
+        _odd_kernel(kernel_size)
+        return same
     pads = (padding,) if isinstance(padding, int) else tuple(padding)
-    if any(p != want for p in pads):
+    if not pads or any(p != pads[0] for p in pads) or any(isinstance(p, bool) or not isinstance(p, int) for p in pads):
+        raise ValueError(f"padding must be None, one int or equal ints, got padding={padding!r}")
+    if pads[0] < 0:
+        raise ValueError(f"padding must be >= 0, got padding={padding!r}")
+    if dims == 1 and (pads[0] != same or kernel_size % 2 == 0):
         raise ValueError(
-            f"padding must be dilation * (kernel_size // 2) = {want} (KW layers pad to keep the size), "
-            f"got padding={padding!r}"
+            f"padding must be dilation * (kernel_size // 2) = {same} with an odd kernel_size for a 1-D KW "
+            f"layer (it pads to keep the size), got kernel_size={kernel_size}, padding={padding!r}"
         )
+    return pads[0]
 
 
 class _KWLayer(Aggregation):
-    """A KW convolution: ``Aggregation(Sliding(k, dilation, stride=stride), WarehouseKernel(...))``."""
+    """A KW convolution: ``Aggregation(Sliding(k, dilation, stride=stride), WarehouseKernel(...))``, or
+    ``Aggregation(Point(), WarehouseKernel(C k k, ...))`` over the unfolded input where a centred window
+    cannot express the geometry."""
 
     dimension: ClassVar[int] = 2
 
@@ -376,21 +409,48 @@ class _KWLayer(Aggregation):
         *,
         path: str = "auto",
     ) -> None:
-        k = _odd_kernel(kernel_size)
+        k = _square_kernel(kernel_size)
+        check_int("stride", stride, minimum=1)
         check_int("dilation", dilation, minimum=1)
-        _same_padding(padding, k, dilation)
+        pad = _padding(padding, k, dilation, self.dimension)
         if not isinstance(warehouse_manager, Warehouse):
             raise TypeError(
                 f"warehouse_manager must be a Warehouse (use Warehouse.reserve), got {type(warehouse_manager).__name__}"
             )
-        source = WarehouseKernel(in_planes, out_planes, groups, bias, self.dimension)
-        super().__init__(Sliding(k, dilation, stride=stride), source, path=path)
+        check_int("in_planes", in_planes, minimum=1)
+        # A centred k x k window pads d * (k // 2); any other geometry is a 1x1 aggregation of patches,
+        # exact on every path (the paths take centred windows only).
+        unfold = k % 2 == 0 or pad != dilation * (k // 2)
+        channels = in_planes * k * k if unfold else in_planes
+        source = WarehouseKernel(channels, out_planes, groups, bias, self.dimension)
+        neighbourhood = Point() if unfold else Sliding(k, dilation, stride=stride)
+        super().__init__(neighbourhood, source, path=path)
         self.in_planes, self.out_planes, self.groups = in_planes, out_planes, groups
         self.kernel_size = (k,) * self.dimension
         self.stride, self.dilation = stride, dilation
+        self.padding = (pad,) * self.dimension
         self.warehouse_id = warehouse_id
         # A list, so that the manager is not registered once more as a submodule of every layer.
         self.warehouse_manager = [warehouse_manager]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolve ``x`` ``(B, C, H, W)`` into ``(B, O, Ho, Wo)``."""
+        if not self.unfold:
+            return super().forward(x)
+        check_input(x, self.in_planes, False)
+        k, s, p, d = self.kernel_size[0], self.stride, self.padding[0], self.dilation
+        ho, wo = ((n + 2 * p - d * (k - 1) - 1) // s + 1 for n in x.shape[2:])
+        if ho < 1 or wo < 1:
+            raise ValueError(
+                f"x of size {tuple(x.shape[2:])} is smaller than the dilated kernel ({d * (k - 1) + 1}) "
+                f"after padding {p}"
+            )
+        patches = F.unfold(x, k, d, p, s).view(x.shape[0], -1, ho, wo)
+        self.attention_input = x
+        try:
+            return super().forward(patches)
+        finally:
+            self.attention_input = None
 
 
 class KWConv2d(_KWLayer):
@@ -401,20 +461,27 @@ class KWConv2d(_KWLayer):
     and, through the warehouse, across layers; dynamism, per sample (linear-normalised attention over
     the warehouse's cells).
 
-    Replaces ``nn.Conv2d(in_planes, out_planes, k, stride, padding=dilation * (k // 2), dilation,
-    groups, bias)``: odd square kernels, zero padding that keeps the size, any stride. Build it with
+    Replaces ``nn.Conv2d(in_planes, out_planes, k, stride, padding, dilation, groups, bias)`` with a
+    square kernel and zero padding. Build it with
     [`Warehouse.reserve`][unifiedops.warehouse.Warehouse.reserve]; it computes nothing until its
     warehouse is stored and allocated. ``bias`` (zeros) is added after the convolution; ``attention``
     is a [`WarehouseAttention`][unifiedops.warehouse.WarehouseAttention]. The execution path is
     ``batched_conv`` (one grouped ``F.conv2d`` with the batch folded into the groups), or
     ``reference``.
 
+    With an odd ``k`` and ``padding = dilation * (k // 2)`` (the default) the layer is a sliding
+    ``k x k`` window. Any other geometry (an even kernel, such as ConvNeXt's ``4 x 4`` stride-4 stem
+    and ``2 x 2`` stride-2 downsampling, or another padding) runs as a ``1 x 1`` aggregation over the
+    ``C k k`` channels of the input's patches (``F.unfold``): exact, and as cheap as the convolution
+    when ``stride = k`` (the patches do not overlap); overlapping patches cost ``k^2 / stride^2``
+    copies of the input. The attention pools the layer's input in both cases.
+
     Args:
         in_planes: Input channels ``C``.
         out_planes: Output channels ``O``.
-        kernel_size: Odd kernel size ``k``.
+        kernel_size: Kernel size ``k`` (square).
         stride: Stride.
-        padding: ``None`` or ``dilation * (k // 2)`` (anything else raises).
+        padding: Zero padding on every side; ``None`` is ``dilation * (k // 2)`` (odd ``k`` only).
         dilation: Dilation.
         groups: Channel groups.
         bias: Whether to add a per-channel bias.
@@ -423,7 +490,8 @@ class KWConv2d(_KWLayer):
         path: Execution path (``"auto"`` is ``"batched_conv"``).
 
     Shape:
-        ``(B, C, H, W) -> (B, O, ceil(H / stride), ceil(W / stride))``.
+        ``(B, C, H, W) -> (B, O, Ho, Wo)`` with ``nn.Conv2d``'s ``Ho = (H + 2 p - d (k - 1) - 1) // s + 1``
+        (``ceil(H / stride)`` with the default padding).
 
     Examples:
         >>> import torch
@@ -438,6 +506,9 @@ class KWConv2d(_KWLayer):
         torch.Size([27, 32, 16, 1, 1])
         >>> net.conv2(net.conv1(torch.randn(2, 16, 8, 8))).shape
         torch.Size([2, 32, 4, 4])
+        >>> stem = Warehouse().reserve(3, 8, 4, stride=4, padding=0)  # a ConvNeXt stem: patches
+        >>> stem.kernel_size, stem.padding, stem.neighbourhood
+        ((4, 4), (0, 0), Point())
     """
 
 
@@ -505,6 +576,8 @@ class KWLinear(nn.Module):
         path: str = "auto",
     ) -> None:
         super().__init__()
+        # nn.Linear's attribute names, for code that sizes heads from a classifier.
+        self.in_features, self.out_features = in_planes, out_planes
         self.conv = KWConv1d(
             in_planes,
             out_planes,
@@ -711,10 +784,11 @@ class Warehouse(nn.Module):
         Args:
             in_planes: Input channels.
             out_planes: Output channels.
-            kernel_size: Odd kernel size (ignored for ``"linear"``).
+            kernel_size: Kernel size (ignored for ``"linear"``); odd unless ``padding`` is given.
             stride: Stride.
-            padding: ``None`` (same) or ``dilation * (k // 2)``; a plain layer (``enabled=False``)
-                takes any padding, default same.
+            padding: ``None`` (same: ``dilation * (k // 2)``) or any zero padding for ``"conv2d"``
+                (``nn.Conv2d``'s geometry, e.g. ``kernel_size=4, stride=4, padding=0``); ``"conv1d"``
+                takes same padding only, and a plain layer (``enabled=False``) any padding.
             dilation: Dilation.
             groups: Channel groups.
             bias: Whether the layer has a bias.

@@ -15,10 +15,26 @@ import fnmatch
 import timm
 
 # Importing a family module registers its models with timm.
-from zoo import acmix_resnet, dwnet, kw_resnet, mixformer, swin_family, uniformer, van  # noqa: F401
+from zoo import acmix_resnet, convnext_family, dwnet, kw_mobilenetv2, kw_resnet, mixformer, swin_family, uniformer, van
 from zoo.builder import BackboneSpec, SpecBackbone, StageSpec, register_backbone, register_mixer
 
-__all__ = ["BackboneSpec", "SpecBackbone", "StageSpec", "list_models", "register_backbone", "register_mixer"]
+__all__ = [
+    "BackboneSpec",
+    "SpecBackbone",
+    "StageSpec",
+    "acmix_resnet",
+    "convnext_family",
+    "dwnet",
+    "kw_mobilenetv2",
+    "kw_resnet",
+    "list_models",
+    "mixformer",
+    "register_backbone",
+    "register_mixer",
+    "swin_family",
+    "uniformer",
+    "van",
+]
 
 
 def list_models(pattern: str = "*") -> list[str]:
