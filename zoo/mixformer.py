@@ -240,8 +240,6 @@ class MixFormer(Backbone):
         """
         return super().forward_head(self.activate(self.last_proj(x)), pre_logits)
 
-    # TODO(lead): move to zoo/blocks: Backbone.reset_classifier could size the classifier by
-    # head_hidden_size (equal to num_features unless a family sets it), as timm's models do.
     def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False) -> None:
         """Replace ``head``; with ``reset_other`` also drop ``last_proj`` (as when pruning).
 
@@ -253,11 +251,7 @@ class MixFormer(Backbone):
         if reset_other:
             self.last_proj, self.activate = nn.Identity(), nn.Identity()
             self.head_hidden_size = self.num_features
-        features, self.num_features = self.num_features, self.head_hidden_size
-        try:
-            super().reset_classifier(num_classes, global_pool, reset_other)
-        finally:
-            self.num_features = features
+        super().reset_classifier(num_classes, global_pool, reset_other)
 
 
 _VARIANTS: dict[str, dict[str, Any]] = {

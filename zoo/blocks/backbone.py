@@ -185,7 +185,8 @@ class Backbone(nn.Module):
             self.global_pool = self._pool(global_pool)
         if reset_other and self.head_norm_name is not None:
             self._set_path(self.head_norm_name, nn.Identity())
-        self._set_path(self.classifier_name, self._linear(self.num_features, num_classes))
+        # The classifier reads the pooled head features, wider than the map where a family projects first.
+        self._set_path(self.classifier_name, self._linear(self.head_hidden_size, num_classes))
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
