@@ -41,7 +41,8 @@ def test_rounding_can_fail():
 
 
 @pytest.mark.parametrize(
-    "name", ["van_b0", "uniformer_small", "mixformer_b0", "dwnet_tiny", "acmix_resnet26", "swin_tiny", "uo_convnext_tiny"]
+    "name",
+    ["van_b0", "uniformer_small", "mixformer_b0", "dwnet_tiny", "acmix_resnet26", "swin_tiny", "uo_convnext_tiny"],
 )
 def test_flops_within_five_percent(name):
     model = timm.create_model(name)
