@@ -41,11 +41,10 @@ from typing import Any
 
 import torch
 from timm.layers import BatchNormAct2d, make_divisible
-from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 from unifiedops.warehouse import Warehouse
-from zoo.blocks import Backbone, Block, Branch, build_backbone, pretrained_cfg
+from zoo.blocks import Backbone, Block, Branch, register_variants
 
 __all__ = ["KW_CONFIGS", "KWMobileNetV2", "convert_official_mobilenetv2"]
 
@@ -270,58 +269,24 @@ def _official_block_names(t: int) -> dict[tuple[int, int | None], str]:
     }
 
 
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return pretrained_cfg(
-        first_conv="conv_stem", classifier="classifier", paper="arXiv:2308.08361", crop_pct=0.875, **kwargs
-    )
-
-
 _WIDTHS = {"100": 1.0, "050": 0.5}
-default_cfgs = generate_default_cfgs(
-    {f"kw_mobilenetv2_{w}_{size}": _cfg(license="apache-2.0") for w in _WIDTHS for size in KW_CONFIGS}
+
+register_variants(
+    KWMobileNetV2,
+    {
+        f"kw_mobilenetv2_{width}_{size}": dict(
+            width_mult=multiplier,
+            kw=KW_CONFIGS[size],
+            # The official 1/2x model's dropout before the classifier.
+            **(dict(drop_rate=0.1) if size == "1d2x" else {}),
+        )
+        for width, multiplier in _WIDTHS.items()
+        for size in KW_CONFIGS
+    },
+    module=__name__,
+    first_conv="conv_stem",
+    classifier="classifier",
+    paper="arXiv:2308.08361",
+    crop_pct=0.875,
+    license="apache-2.0",
 )
-
-
-def _create(width: str, size: str, pretrained: bool, **kwargs: Any) -> KWMobileNetV2:
-    if size == "1d2x":
-        kwargs.setdefault("drop_rate", 0.1)  # the official 1/2x model's dropout
-    kwargs.setdefault("kw", KW_CONFIGS[size])
-    return build_backbone(
-        KWMobileNetV2, f"kw_mobilenetv2_{width}_{size}", pretrained, width_mult=_WIDTHS[width], **kwargs
-    )
-
-
-@register_model
-def kw_mobilenetv2_100_1d2x(pretrained: bool = False, **kwargs: Any) -> KWMobileNetV2:
-    """MobileNetV2 1.0 with KernelWarehouse 1/2x (2.65M parameters)."""
-    return _create("100", "1d2x", pretrained, **kwargs)
-
-
-@register_model
-def kw_mobilenetv2_100_1x(pretrained: bool = False, **kwargs: Any) -> KWMobileNetV2:
-    """MobileNetV2 1.0 with KernelWarehouse 1x (5.17M parameters)."""
-    return _create("100", "1x", pretrained, **kwargs)
-
-
-@register_model
-def kw_mobilenetv2_100_4x(pretrained: bool = False, **kwargs: Any) -> KWMobileNetV2:
-    """MobileNetV2 1.0 with KernelWarehouse 4x (11.38M parameters)."""
-    return _create("100", "4x", pretrained, **kwargs)
-
-
-@register_model
-def kw_mobilenetv2_050_1d2x(pretrained: bool = False, **kwargs: Any) -> KWMobileNetV2:
-    """MobileNetV2 0.5 with KernelWarehouse 1/2x (1.47M parameters)."""
-    return _create("050", "1d2x", pretrained, **kwargs)
-
-
-@register_model
-def kw_mobilenetv2_050_1x(pretrained: bool = False, **kwargs: Any) -> KWMobileNetV2:
-    """MobileNetV2 0.5 with KernelWarehouse 1x (2.85M parameters)."""
-    return _create("050", "1x", pretrained, **kwargs)
-
-
-@register_model
-def kw_mobilenetv2_050_4x(pretrained: bool = False, **kwargs: Any) -> KWMobileNetV2:
-    """MobileNetV2 0.5 with KernelWarehouse 4x (4.65M parameters)."""
-    return _create("050", "4x", pretrained, **kwargs)
