@@ -82,6 +82,9 @@ PUBLISHED: dict[str, Published] = {
     "dwnet_base": Published("74M", "12.9G", _DWNET),
     "dynamic_dwnet_tiny": Published("51M", "3.8G", _DWNET),
     "dynamic_dwnet_base": Published("162M", "13.0G", _DWNET),
+    # The README publishes no figures for the inhomogeneous models: the official code's counts.
+    "i_dynamic_dwnet_tiny": Published(None, None, _DWNET, official_params=26_244_280),
+    "i_dynamic_dwnet_base": Published(None, None, _DWNET, official_params=80_253_608),
     "van_b0": Published("4.1M", "0.9G", _VAN),
     "van_b1": Published("13.9M", "2.5G", _VAN),
     "van_b2": Published("26.6M", "5.0G", _VAN),
