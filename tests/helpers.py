@@ -59,6 +59,26 @@ def randomize_(module: nn.Module, scale: float = 0.5) -> nn.Module:
     return module
 
 
+def batch_norm_eval(x: torch.Tensor, norm: nn.BatchNorm2d) -> torch.Tensor:
+    """``norm`` in eval mode, written functionally (for re-statements of a block's layer order)."""
+    return torch.nn.functional.batch_norm(
+        x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps
+    )
+
+
+def assert_grad_checkpointing_is_exact(model: nn.Module, x: torch.Tensor) -> None:
+    """Gradients with ``model.set_grad_checkpointing()`` equal those without (same random stream)."""
+    torch.manual_seed(1)
+    model(x).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing()
+    torch.manual_seed(1)
+    model(x).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], msg=n)
+
+
 def run_path(module: nn.Module, x: torch.Tensor, path: str, grad_out: torch.Tensor):
     """Output, input gradient and parameter gradients of ``module`` on ``path`` for the cotangent ``grad_out``."""
     module.path = path

@@ -10,8 +10,8 @@ import timm
 import torch
 from torch import nn
 
-import zoo.dwnet  # noqa: F401  (registers the "dwnet" block until zoo/__init__ imports it)
-from tests.helpers import randomize_
+import zoo  # noqa: F401  (registers the models with timm)
+from helpers import randomize_
 from unifiedops import DWConv, NeighborhoodAttention
 from zoo.builder import (
     MIXERS,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.convnext import ConvNeXt as TimmConvNeXt
 
-import zoo.convnext_family  # noqa: F401  (registers the models until zoo/__init__ imports it)
+import zoo  # noqa: F401  (registers the models with timm)
 from helpers import randomize_
 from unifiedops import DWConv, KWConv2d, set_temperature
 from zoo.convnext_family import ConvNeXt, convert_official_convnext

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import zoo.dwnet  # noqa: F401  (registers the models until zoo/__init__ imports it)
-from tests.helpers import randomize_
+import zoo  # noqa: F401  (registers the models with timm)
+from helpers import batch_norm_eval, randomize_
 from unifiedops import DWConv, DynamicDWConv, InhomogeneousDWConv
 from zoo.builder import SpecBackbone
 from zoo.dwnet import DWNET_TINY
@@ -120,10 +120,6 @@ def test_official_key_names_and_shapes(name):
     assert {k: tuple(v.shape) for k, v in state.items() if not k.endswith("num_batches_tracked")} == expected
 
 
-def _bn(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
-    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, eps=bn.eps)
-
-
 def test_block_matches_functional_restatement():
     """DWNet's order: no pre-norm on the conv branch, 1x1-BN-ReLU-DW-BN-ReLU-1x1-BN, then BN before the MLP."""
     model = randomize_(SpecBackbone(DWNET_TINY.with_stages(dims=(16, 32, 64, 128)), depths=(1, 1, 1, 1)), 0.3)
@@ -131,11 +127,11 @@ def test_block_matches_functional_restatement():
     a = block.attn2conv
     x = torch.randn(2, 9, 11, 32)  # (B, H, W, C), the stream's layout
     y = x.permute(0, 3, 1, 2)
-    y = F.relu(_bn(F.conv2d(y, a.conv0.weight), a.bn0))
-    y = F.relu(_bn(F.conv2d(y, a.conv.weight, a.conv.bias, padding=3, groups=32), a.bn))
-    y = _bn(F.conv2d(y, a.conv2.weight), a.bn2)
+    y = F.relu(batch_norm_eval(F.conv2d(y, a.conv0.weight), a.bn0))
+    y = F.relu(batch_norm_eval(F.conv2d(y, a.conv.weight, a.conv.bias, padding=3, groups=32), a.bn))
+    y = batch_norm_eval(F.conv2d(y, a.conv2.weight), a.bn2)
     x1 = x + y.permute(0, 2, 3, 1)
-    z = _bn(x1.permute(0, 3, 1, 2), block.bn).permute(0, 2, 3, 1)
+    z = batch_norm_eval(x1.permute(0, 3, 1, 2), block.bn).permute(0, 2, 3, 1)
     z = F.linear(
         F.gelu(F.linear(z, block.mlp.fc1.weight, block.mlp.fc1.bias)), block.mlp.fc2.weight, block.mlp.fc2.bias
     )

@@ -13,7 +13,7 @@ from torch import nn
 
 import zoo.acmix_resnet
 import zoo.kw_resnet
-from helpers import randomize_
+from helpers import batch_norm_eval, randomize_
 from unifiedops import ACmix, KWConv2d
 from zoo.blocks.resnet_layout import ConvSpec, ResNetLayout, plain_conv
 
@@ -236,20 +236,16 @@ def test_acmix_too_small_input_raises():
 # -- layer order against independent restatements -------------------------------------------------
 
 
-def _bn(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-
-
 @torch.no_grad()
 def test_acmix_bottleneck_order():
     model = _randomize(timm.create_model("acmix_resnet26", num_classes=0))
     blk = model.layer2[0]
     assert isinstance(blk.conv2, ACmix) and blk.conv2.neighbourhood.stride == 2
     x = torch.randn(1, 256, 16, 16)
-    out = F.relu(_bn(blk.bn1, F.conv2d(x, blk.conv1.weight)))
-    out = F.relu(_bn(blk.bn2, blk.conv2(out)))
-    out = _bn(blk.bn3, F.conv2d(out, blk.conv3.weight))
-    skip = _bn(blk.downsample[1], F.conv2d(x, blk.downsample[0].weight, stride=2))
+    out = F.relu(batch_norm_eval(F.conv2d(x, blk.conv1.weight), blk.bn1))
+    out = F.relu(batch_norm_eval(blk.conv2(out), blk.bn2))
+    out = batch_norm_eval(F.conv2d(out, blk.conv3.weight), blk.bn3)
+    skip = batch_norm_eval(F.conv2d(x, blk.downsample[0].weight, stride=2), blk.downsample[1])
     torch.testing.assert_close(blk(x), F.relu(out + skip), rtol=1e-5, atol=1e-5)
 
 
@@ -258,9 +254,9 @@ def test_kw_basic_block_order():
     model = _randomize(timm.create_model("kw_resnet18_1d4x", num_classes=0))
     blk = model.layer3[0]
     x = torch.randn(2, 128, 10, 9)
-    out = F.relu(_bn(blk.bn1, blk.conv1(x)))
-    out = _bn(blk.bn2, blk.conv2(out))
-    skip = _bn(blk.downsample[1], blk.downsample[0](x))
+    out = F.relu(batch_norm_eval(blk.conv1(x), blk.bn1))
+    out = batch_norm_eval(blk.conv2(out), blk.bn2)
+    skip = batch_norm_eval(blk.downsample[0](x), blk.downsample[1])
     torch.testing.assert_close(blk(x), F.relu(out + skip), rtol=1e-5, atol=1e-5)
     assert blk(x).shape == (2, 256, 5, 5)
 

@@ -7,7 +7,7 @@ import timm
 import torch
 from torch import nn
 
-import zoo.swin_family  # noqa: F401  (registers the models until zoo/__init__ imports it)
+import zoo  # noqa: F401  (registers the models with timm)
 from unifiedops import ACmixWindowAttention, WindowAttention
 
 SWIN = ("swin_tiny", "swin_small", "swin_base")
