@@ -7,9 +7,11 @@ measurement) build their operators here, so they measure the same thing.
 from __future__ import annotations
 
 import functools
+import importlib
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +36,18 @@ from unifiedops.acmix import ACmix, ACmixWindowAttention
 from unifiedops.mixture import CondConv, DYConv
 from unifiedops.warehouse import Warehouse
 
-__all__ = ["CONFIGS", "Config", "Op", "build_ops"]
+__all__ = [
+    "CONFIGS",
+    "NATTEN_INSTALL",
+    "SWEEP",
+    "SWEEP_OPS",
+    "Config",
+    "Op",
+    "build_ops",
+    "missing_ops",
+    "natten_status",
+    "sweep_config",
+]
 
 SEED = 0
 """Seed of every module's initialisation, so that each process builds the same weights."""
@@ -45,10 +58,11 @@ class Config:
     """One input shape and operator setting.
 
     Attributes:
-        key: Short name used on the command line (``a`` to ``e``).
+        key: Short name used on the command line (``a`` to ``g``).
         suite: Which operators it builds: ``"single"`` (the one-aggregation presets),
-            ``"composite"`` (LKA, ACmix, the UniFormer and MixFormer mixers, X-volution) or
-            ``"warehouse"`` (KernelWarehouse, CondConv, DY-Conv against the convolution they replace).
+            ``"composite"`` (LKA, ACmix, the UniFormer and MixFormer mixers, X-volution),
+            ``"warehouse"`` (KernelWarehouse, CondConv, DY-Conv against the convolution they replace)
+            or ``"natten"`` (``NeighborhoodAttention`` against NATTEN's module, when installed).
         title: What the configuration stands for.
         batch: Batch size ``B``.
         channels: Channels ``C``.
@@ -57,6 +71,8 @@ class Config:
         kernel: Kernel and window size ``k = w``.
         shift: Swin's cyclic shift.
         groups: Weight groups of the inhomogeneous dynamic depth-wise conv (DWNet: 32 in every stage).
+        quick: Whether ``--quick`` runs it unless ``--sizes`` names it (NATTEN's CPU form takes
+            seconds per call at the target's size, too long for a smoke run).
     """
 
     key: str
@@ -69,12 +85,18 @@ class Config:
     kernel: int = 7
     shift: int = 3
     groups: int = 32
+    quick: bool = True
 
     def describe(self) -> str:
         """One line giving every setting, as used in the report."""
         shape = f"({self.key}) {self.title}: B={self.batch}, C={self.channels}, {self.size}x{self.size}"
         if self.suite == "warehouse":
             return f"{shape}, {self.kernel}x{self.kernel} convolution {self.channels} -> {self.channels}"
+        if self.suite == "natten":
+            return (
+                f"{shape}, heads={self.heads} (head_dim {self.channels // self.heads}), k={self.kernel}, "
+                "border clamp, no relative-position bias"
+            )
         return (
             f"{shape}, heads={self.heads} (head_dim {self.channels // self.heads}), k=w={self.kernel}, "
             f"shift={self.shift}" + (f", IDW groups={self.groups}" if self.suite == "single" else "")
@@ -89,8 +111,56 @@ CONFIGS: dict[str, Config] = {
         Config("c", "composite", "ResNet stage 1 (ACmix's 64 -> 64)", batch=8, channels=64, size=56, heads=4),
         Config("d", "warehouse", "ResNet-18 stage 3 conv", batch=8, channels=256, size=14, heads=1, kernel=3),
         Config("e", "warehouse", "ResNet-18 stage 3 conv, batch 1", batch=1, channels=256, size=14, heads=1, kernel=3),
+        Config("f", "natten", "NATTEN peer, Swin stage 1", batch=8, channels=96, size=56, heads=3, quick=False),
+        Config("g", "natten", "NATTEN peer, Swin stage 1, batch 1", batch=1, channels=96, size=56, heads=3),
     )
 }
+"""The benchmark's configurations by key."""
+
+SWEEP = Config("s", "single", "resolution sweep", batch=1, channels=96, size=56, heads=3)
+"""Shapes of the time-vs-resolution sweep (Swin stage 1's width at batch 1; the size varies)."""
+
+SWEEP_OPS = ("dwconv", "dynamic_dwconv", "inhomogeneous_dwconv", "window", "neighborhood", "global")
+"""The single-aggregation presets timed by the sweep, each on its fast path (keys of the ``"single"`` suite)."""
+
+
+def sweep_config(size: int) -> Config:
+    """The sweep's configuration at ``size x size``."""
+    return replace(SWEEP, size=size)
+
+
+NATTEN_INSTALL = "pip install --no-build-isolation natten"
+"""How to install NATTEN's pure-Python form on a CPU machine (in seconds, without downloading torch again)."""
+
+
+def _natten() -> Any | None:
+    """The ``natten`` module, or ``None`` when it cannot be imported."""
+    try:
+        return importlib.import_module("natten")
+    except ImportError:
+        return None
+
+
+def natten_status(device: Any = "cpu") -> str:
+    """What NATTEN runs here: its version and the backend ``na2d`` picks on ``device``, or that it is missing."""
+    natten = _natten()
+    if natten is None:
+        return f"NATTEN not installed (`{NATTEN_INSTALL}`)"
+    from natten.backends import choose_backend
+
+    q = torch.empty(1, 8, 8, 1, 32, device=device)
+    try:
+        backend = choose_backend(q, q, q, torch_compile=False)
+    except (NotImplementedError, ValueError) as error:  # no backend for this device
+        backend = f"none ({error})"
+    libnatten = getattr(natten, "HAS_LIBNATTEN", False)
+    detail = (
+        "compiled libnatten kernels"
+        if libnatten
+        else "pure-Python build, no libnatten: FlexAttention without torch.compile, which materialises "
+        "every query's scores over the whole map and masks them to the neighbourhood"
+    )
+    return f"NATTEN {natten.__version__}, `na2d` backend `{backend}` ({detail})"
 
 
 @dataclass(frozen=True)
@@ -136,8 +206,15 @@ def build_ops(config: Config, device: torch.device) -> dict[str, Op]:
     Returns:
         The operators by key.
     """
-    builders = {"single": _single_ops, "composite": _composite_ops, "warehouse": _warehouse_ops}
+    builders = {"single": _single_ops, "composite": _composite_ops, "warehouse": _warehouse_ops, "natten": _natten_ops}
     return builders[config.suite](config, device)
+
+
+def missing_ops(config: Config) -> dict[str, str]:
+    """Operators of ``config``'s suite that cannot be built here, with the reason (by key)."""
+    if config.suite == "natten" and _natten() is None:
+        return {"natten": f"NATTEN not installed (`{NATTEN_INSTALL}`)"}
+    return {}
 
 
 def _single_ops(config: Config, device: torch.device) -> dict[str, Op]:
@@ -243,3 +320,37 @@ def _warehouse_ops(config: Config, device: torch.device) -> dict[str, Op]:
         key: Op(key, label, getattr(module, "path", "baseline"), functools.partial(_ready(module, device), x))
         for key, (label, module) in modules.items()
     }
+
+
+def _quiet(run: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Run without the warnings FlexAttention gives once per process (its unfused CPU form,
+    ``return_lse`` deprecated)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        return run()
+
+
+def _natten_ops(config: Config, device: torch.device) -> dict[str, Op]:
+    """``NeighborhoodAttention`` (border ``"clamp"``, no relative-position bias, on its fast path)
+    and, when NATTEN is importable, NATTEN's ``NeighborhoodAttention2D`` with the same weights.
+
+    Both are whole modules on a ``(B, H, W, C)`` input: the ``qkv`` projection, neighbourhood
+    attention (NATTEN's is ``na2d``) and the output projection. NATTEN's module loads our module's
+    ``qkv`` and ``proj`` weights, so the two outputs are the same function of the input.
+    """
+    torch.manual_seed(SEED)
+    c, heads, k = config.channels, config.heads, config.kernel
+    x = torch.randn(config.batch, config.size, config.size, c, device=device)
+    ours = _ready(NeighborhoodAttention(c, heads, k, border="clamp", rel_pos_bias=False, channels_last=True), device)
+    ops = {"neighborhood_nobias": _preset("neighborhood_nobias", f"NeighborhoodAttention(C, {heads}, {k})", ours, x)}
+    natten = _natten()
+    if natten is not None:
+        from natten.backends import choose_backend
+
+        peer = _ready(_copy(natten.NeighborhoodAttention2D(c, heads, k), ours), device)
+        q = torch.empty(config.batch, config.size, config.size, heads, c // heads, device=device)
+        backend = choose_backend(q, q, q, torch_compile=False)
+        label = f"NATTEN {natten.__version__} NeighborhoodAttention2D (qkv, na2d, proj)"
+        ops["natten"] = Op("natten", label, f"natten {backend}", functools.partial(_quiet, functools.partial(peer, x)))
+    return ops

@@ -1,8 +1,10 @@
 """FLOP counting: every execution path of every preset against closed-form MAC counts written out
 here, the handles fvcore lacks (SDPA, exact einsum and matmul, multiply-accumulate written as
 ``addcmul`` or ``mul`` then ``sum``), whole timm models against their published FLOPs, fused
-attention on and off, and the bookkeeping (eval mode, restored training flags, module attribution,
-unsupported operators still reported)."""
+attention on and off, the bookkeeping (eval mode, restored training flags, module attribution,
+unsupported operators still reported), and a cross-check against torch's own
+``FlopCounterMode`` (halved) on every path, with the two places where the conventions differ
+(padded windows, halo key blocks) checked as such."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 import timm
@@ -32,7 +36,11 @@ from unifiedops import (
     Sliding,
     WindowAttention,
 )
+from unifiedops.acmix import ACmix, ACmixWindowAttention
 from unifiedops.flops import FREE_OPS, count_flops, einsum_macs, flop_breakdown, flop_counter
+from unifiedops.mixers import MixingAttention, UniFormerGlobalMHRA, UniFormerLocalMHRA
+from unifiedops.mixture import CondConv, DYConv
+from unifiedops.xvolution import XVolution
 
 EXAMPLES = int(os.environ.get("UNIFIEDOPS_EXAMPLES", "100"))
 B, C, H, W = 2, 16, 10, 10
@@ -376,3 +384,186 @@ def test_breakdown_by_module_and_default_input():
 def test_bad_arguments(call, error):
     with pytest.raises(error):
         call()
+
+
+# --- cross-check against torch.utils.flop_counter.FlopCounterMode ---------------------------------------
+
+UNSEEN_BY_TORCH = frozenset(
+    {"batch_norm", "group_norm", "layer_norm", "instance_norm", "adaptive_avg_pool2d", "addcmul", "mul_sum"}
+)
+"""Our operator keys that ``FlopCounterMode`` counts 0: norms and pooling (it counts matrix products,
+convolutions and attention only), and the multiply-accumulates written as element-wise operations
+(``addcmul`` on ``shifted_sum``, ``mul`` then ``sum`` on ``reference``), which it cannot tell from
+element-wise arithmetic."""
+
+FAST_PATHS = ("conv", "batched_conv", "window_sdpa", "halo_sdpa", "global_sdpa")
+
+
+def _torch_macs(module: nn.Module, x: torch.Tensor, only: str = "") -> int:
+    """Half of ``FlopCounterMode``'s count (it counts a multiply-add as 2 flops); with ``only``,
+    just the operators whose name contains it."""
+    with torch.no_grad(), torch.utils.flop_counter.FlopCounterMode(display=False) as mode:
+        module(x)
+    flops = sum(v for op, v in mode.get_flop_counts().get("Global", {}).items() if only in str(op))
+    assert flops % 2 == 0
+    return flops // 2
+
+
+def _seen_by_torch(breakdown: dict[str, float]) -> float:
+    return sum(v for op, v in breakdown.items() if op not in UNSEEN_BY_TORCH)
+
+
+def _all_paths(module: nn.Module) -> list[str]:
+    return sorted({p for m in module.modules() if isinstance(m, Aggregation) for p in m.paths})
+
+
+def _set_path(module: nn.Module, path: str) -> None:
+    """Every aggregation of ``module`` that can run ``path`` runs it; the others keep theirs."""
+    for m in module.modules():
+        if isinstance(m, Aggregation) and path in m.paths:
+            m.path = path
+
+
+@dataclass(frozen=True)
+class _Case:
+    """A module of 16 channels and the maps on which our count and torch's see the same arithmetic.
+
+    Attributes:
+        make: Builds the module.
+        side: 0: any map; otherwise each side a multiple of ``side`` (a window: ``window_sdpa``
+            computes padded windows otherwise).
+        exact: Non-zero: the map must be ``exact x exact`` (``halo_sdpa``: its key blocks are then
+            the whole map, which is also every query's neighbourhood).
+        fully_seen: No norm and no element-wise multiply-accumulate on the fast paths, so there
+            the whole count must equal torch's.
+    """
+
+    make: Callable[[], nn.Module]
+    side: int = 0
+    exact: int = 0
+    fully_seen: bool = True
+
+
+CROSS_CHECKED = {
+    "DWConv": _Case(lambda: DWConv(16, 3)),
+    "DynamicDWConv": _Case(lambda: DynamicDWConv(16, 3), fully_seen=False),
+    "InhomogeneousDWConv": _Case(lambda: InhomogeneousDWConv(16, 3, groups=4), fully_seen=False),
+    "LKA": _Case(lambda: LKA(16), fully_seen=False),
+    "GlobalAttention": _Case(lambda: GlobalAttention(16, num_heads=2)),
+    "UniFormerGlobalMHRA": _Case(lambda: UniFormerGlobalMHRA(16, 8)),
+    "UniFormerLocalMHRA": _Case(lambda: UniFormerLocalMHRA(16)),
+    "WindowAttention": _Case(lambda: WindowAttention(16, num_heads=2, window_size=4, shift_size=2), side=4),
+    "ACmixWindowAttention": _Case(lambda: ACmixWindowAttention(16, 2, 4, 2), side=4),
+    "MixingAttention": _Case(lambda: MixingAttention(16, 2, 4), side=4, fully_seen=False),
+    "NeighborhoodAttention": _Case(lambda: NeighborhoodAttention(16, 2, 3), exact=3),
+    "NeighborhoodAttention-k5-nobias": _Case(lambda: NeighborhoodAttention(16, 2, 5, rel_pos_bias=False), exact=5),
+    "NeighborhoodAttention-dilated-mask": _Case(
+        lambda: NeighborhoodAttention(16, 2, 3, dilation=2, border="mask"), exact=6
+    ),
+    "XVolution": _Case(lambda: XVolution(16, 16), fully_seen=False),
+    "CondConv": _Case(lambda: CondConv(16, 16, 3, num_experts=4)),
+    "DYConv": _Case(lambda: DYConv(16, 16, 3, num_kernels=4)),
+}
+
+
+@st.composite
+def _map(draw, case: _Case):
+    batch = draw(st.integers(1, 2))
+    if case.exact:
+        h = w = case.exact
+    elif case.side:
+        h, w = (case.side * draw(st.integers(1, 3)) for _ in range(2))
+    else:
+        h, w = draw(st.integers(3, 9)), draw(st.integers(3, 9))
+    return batch, h, w
+
+
+@pytest.mark.parametrize("name", list(CROSS_CHECKED))
+@settings(max_examples=max(1, EXAMPLES // 25))
+@given(data=st.data())
+def test_torch_flop_counter_agrees_on_what_it_sees(name, data):
+    """On every path, our count less what ``FlopCounterMode`` cannot see (``UNSEEN_BY_TORCH``) is
+    exactly half its count; on the fast paths of modules without norms, our whole count is."""
+    case = CROSS_CHECKED[name]
+    batch, h, w = data.draw(_map(case), label="batch, height, width")
+    torch.manual_seed(0)
+    module = case.make().eval()
+    x = torch.randn(batch, 16, h, w)
+    paths = _all_paths(module)
+    assert len(paths) >= 2
+    for path in paths:
+        _set_path(module, path)
+        ours = flop_breakdown(module, x)
+        theirs = _torch_macs(module, x)
+        assert _seen_by_torch(ours) == theirs, (path, ours, theirs)
+        if path in FAST_PATHS:
+            assert theirs > 0, path
+            if case.fully_seen:
+                assert sum(ours.values()) == theirs, (path, ours)
+
+
+def test_torch_counts_the_padded_windows():
+    """``window_sdpa`` pads a 10x7 map to 12x8 for 4x4 windows and attends over the padding; we
+    count the real queries (the operator's definition), torch the computed ones. The projections
+    agree: both count them on the padded map."""
+    module = WindowAttention(16, num_heads=2, window_size=4, shift_size=2).eval()
+    x = torch.randn(2, 16, 10, 7)
+    ours = flop_breakdown(module, x)
+    assert ours["scaled_dot_product_attention"] == _attention(2, 10 * 7, 16, 8)
+    assert _torch_macs(module, x, only="scaled_dot_product") == _attention(2, 12 * 8, 16, 8)
+    assert _torch_macs(module, x) - _torch_macs(module, x, only="scaled_dot_product") == ours["linear"]
+
+
+def _halo_keys(length: int, k: int) -> int:
+    """Query-key pairs ``halo_sdpa`` computes along one axis when the border pads (zeros, reflect):
+    ``ceil(L / k)`` query tiles of ``k`` (the last one filled up), each over ``2k - 1`` keys."""
+    return math.ceil(length / k) * k * (2 * k - 1)
+
+
+@settings(max_examples=max(1, EXAMPLES // 10))
+@given(
+    st.sampled_from([3, 5]),
+    st.sampled_from(["zeros", "reflect", "clamp", "mask"]),
+    st.integers(0, 7),
+    st.integers(0, 7),
+    st.integers(1, 2),
+)
+def test_torch_counts_the_key_blocks_of_halo_sdpa(k, border, extra_h, extra_w, heads):
+    """``halo_sdpa`` attends each tile of ``k x k`` queries to a block of keys holding all their
+    neighbourhoods, masked down to each query's ``k * k``; we count the ``k * k`` (the definition,
+    as for a padded convolution), torch the whole blocks. With a padded border a block is
+    ``(2k - 1)^2``; with clamp or mask it is cut at the border, and equals the neighbourhood only
+    on a ``k x k`` map. Everything else (the projections) agrees."""
+    h, w = k + extra_h, k + extra_w
+    if border == "reflect":
+        h, w = max(h, k), max(w, k)  # reflection needs the map longer than the padding: k > k // 2
+    module = Aggregation(Sliding(k, border=border), QKAttention(16, heads=heads)).eval()
+    x = torch.randn(1, 16, h, w)
+    ours = flop_breakdown(module, x)
+    head_dim = 16 // heads
+    assert ours["scaled_dot_product_attention"] == _attention(heads, h * w, k * k, head_dim, batch=1)
+    sdpa = _torch_macs(module, x, only="scaled_dot_product")
+    assert _torch_macs(module, x) - sdpa == ours["linear"]
+    if border in ("zeros", "reflect"):
+        assert sdpa == heads * _halo_keys(h, k) * _halo_keys(w, k) * 2 * head_dim
+    elif h == w == k:
+        assert sdpa == ours["scaled_dot_product_attention"]
+    else:
+        assert sdpa > ours["scaled_dot_product_attention"]
+
+
+def test_acmix_attention_counts_its_definition_not_its_reflected_key_blocks():
+    """ACmix pads keys by reflection, so its halo blocks always exceed the kernel; its reference
+    path is what torch can check (see ``test_torch_flop_counter_agrees_on_what_it_sees``)."""
+    torch.manual_seed(0)
+    module = ACmix(16, 16, kernel_att=3, head=2).eval()
+    x = torch.randn(2, 16, 8, 8)
+    ours = {}
+    for path in ("reference", "halo_sdpa"):
+        _set_path(module, path)
+        ours[path] = flop_breakdown(module, x)
+    _set_path(module, "reference")
+    assert _seen_by_torch(ours["reference"]) == _torch_macs(module, x)
+    _set_path(module, "halo_sdpa")
+    assert ours["halo_sdpa"]["scaled_dot_product_attention"] == _attention(2, 64, 9, 8)
+    assert _torch_macs(module, x, only="scaled_dot_product") == 2 * 2 * _halo_keys(8, 3) ** 2 * 2 * 8
