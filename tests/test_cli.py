@@ -94,6 +94,8 @@ def test_version() -> None:
         ["flops", "van_b0", "--size", "64"],
         ["flops", "van_b0", "--size", "0", "64"],
         ["flops", "van_b0", "--batch", "-1"],
+        ["flops", "van_b0", "--zoo"],
+        ["flops", "--zoo", "--size", "64", "64"],
         ["bench"],
         ["bench", "everything"],
     ],
@@ -326,6 +328,30 @@ def test_flops_command_on_a_timm_model_without_published_figures() -> None:
 def test_flops_command_reports_a_model_that_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["flops", "vit_tiny_patch16_224", "--size", "48", "48"]) == 1
     assert "vit_tiny_patch16_224 does not run on an input of (1, 3, 48, 48)" in capsys.readouterr().err
+
+
+def test_flops_zoo_writes_the_docs_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    fake = types.ModuleType("benchmarks.zoo_table")
+    fake.main = lambda argv: calls.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "benchmarks.zoo_table", fake)
+    import benchmarks
+
+    monkeypatch.setattr(benchmarks, "zoo_table", fake, raising=False)
+    assert main(["flops", "--zoo"]) == 0
+    assert calls == [[]]
+
+
+def test_zoo_table_rows_compare_with_the_publication(tmp_path: Path) -> None:
+    from benchmarks import zoo_table
+
+    table = tmp_path / "zoo.md"
+    assert zoo_table.main(["--models", "van_b0", "--output", str(table)]) == 0
+    header, _rule, row = table.read_text(encoding="utf-8").splitlines()
+    assert header == "| model | params | published | check | FLOPs | published | Δ |"
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:4] == ["`van_b0`", "4.11M", "4.1M", "rounds to paper"]
+    assert cells[5] == "0.9G" and -5 <= float(cells[6].rstrip("%")) <= 5
 
 
 # --- bench --------------------------------------------------------------------------------------

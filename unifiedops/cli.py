@@ -2,6 +2,7 @@
 
     unifiedops list [--presets | --models] [--format markdown|csv]
     unifiedops flops MODEL [--size H W] [--batch N]
+    unifiedops flops --zoo
     unifiedops bench ops|models [ARGS ...]
 
 ``list`` prints every preset and every zoo model with its point on the three axes (sparsity,
@@ -432,6 +433,14 @@ def _run_flops(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     import zoo  # registers the zoo's models with timm
 
+    if args.zoo == (args.model is not None):
+        parser.error("give either a MODEL or --zoo (the table of every zoo model)")
+    if args.zoo:
+        if args.size is not None or args.batch != 1:
+            parser.error("--zoo measures every model at 224x224, batch 1; drop --size and --batch")
+        from benchmarks import zoo_table
+
+        return zoo_table.main([])
     name = args.model
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
@@ -534,7 +543,17 @@ def build_parser() -> argparse.ArgumentParser:
     flops = commands.add_parser(
         "flops", help="parameters and FLOPs (MACs) of a model per stage, beside the published figures"
     )
-    flops.add_argument("model", help="a timm.create_model name: a zoo model (`unifiedops list --models`) or timm's")
+    flops.add_argument(
+        "model",
+        nargs="?",
+        help="a timm.create_model name: a zoo model (`unifiedops list --models`) or timm's; omit with --zoo",
+    )
+    flops.add_argument(
+        "--zoo",
+        action="store_true",
+        help="every zoo model at 224x224 against its published figures; writes benchmarks/results/zoo.md, "
+        "the table the docs show (a few minutes)",
+    )
     flops.add_argument(
         "--size",
         nargs=2,
