@@ -23,6 +23,15 @@ def test_every_family_registers_models():
         assert timm.models.model_entrypoint(name).__module__.startswith("zoo.")
 
 
+def test_user_backbones_are_not_listed_as_zoo_models():
+    from zoo.builder import BackboneSpec, register_backbone
+
+    register_backbone("uo_test_user_backbone", BackboneSpec.pyramid(16, (1, 1, 1, 1), stage=dict(mixer="dwconv")))
+    assert timm.is_model("uo_test_user_backbone")
+    assert "uo_test_user_backbone" not in zoo.list_models()
+    assert zoo.list_models() == MODELS
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_pretrained_cfg_without_download(name):
     with torch.device("meta"):

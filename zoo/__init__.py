@@ -38,7 +38,10 @@ __all__ = [
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Names of the models this package registers with timm.
+    """Names of the published models the zoo registers with timm.
+
+    Backbones registered with [`register_backbone`][zoo.builder.register_backbone] are the
+    caller's, not the zoo's, and are not listed (``timm.list_models`` has them).
 
     Args:
         pattern: A shell-style pattern (``"kw_*"``).
@@ -46,8 +49,9 @@ def list_models(pattern: str = "*") -> list[str]:
     Returns:
         The sorted matching names.
     """
-    return sorted(
-        name
-        for name in timm.list_models(pattern)
-        if timm.models.model_entrypoint(name).__module__.startswith(f"{__name__}.") and fnmatch.fnmatch(name, pattern)
-    )
+    names = []
+    for name in timm.list_models(pattern):
+        module = timm.models.model_entrypoint(name).__module__
+        if module.startswith(f"{__name__}.") and not module.startswith(f"{__name__}.builder"):
+            names.append(name)
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
