@@ -72,3 +72,22 @@ def test_forward_at_224_and_at_a_size_not_a_multiple_of_32(name):
         else:
             out = model(x)
             assert out.shape == (1, 1000) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_layer_wise_lr_decay_groups_stem_stages_and_head(name):
+    # timm's optimizer factory calls group_matcher for `layer_decay`; every capture must be a number.
+    from timm.models import group_parameters
+    from timm.optim import param_groups_layer_decay
+
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    stages = group_parameters(model, model.group_matcher(coarse=True))
+    assert len(stages) >= 6  # stem, four stages, and the rest (final norm, head, shared cells)
+    assert set(stages[0]) == set(group_parameters(model, {"stem": model.group_matcher()["stem"]})[0])
+    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.75)
+    scales = sorted({group["lr_scale"] for group in groups})
+    assert len(scales) >= 6 and scales[-1] == 1.0 and scales[0] < 0.75**4
+    classifier = model.pretrained_cfg["classifier"] + "."
+    head = {id(p) for n, p in model.named_parameters() if n.startswith(classifier)}
+    assert head and {g["lr_scale"] for g in groups for p in g["params"] if id(p) in head} == {1.0}

@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from unifiedops.acmix import ACmix, ACmixWindowAttention
@@ -83,6 +84,10 @@ class WarehouseExample(nn.Module):
         warehouse_manager: The warehouse.
         layer: The KW layer ([`KWConv2d`][unifiedops.KWConv2d], [`KWConv1d`][unifiedops.KWConv1d]
             or [`KWLinear`][unifiedops.KWLinear]).
+
+    Shape:
+        That of the layer: ``(B, C, H, W) -> (B, O, H, W)`` (``"conv2d"``), ``(B, C, L) -> (B, O, L)``
+        (``"conv1d"``) or ``(B, ..., C) -> (B, ..., O)`` (``"linear"``).
     """
 
     def __init__(self, in_planes: int, out_planes: int, kernel_size: int = 1, layer_type: str = "conv2d") -> None:
@@ -93,8 +98,15 @@ class WarehouseExample(nn.Module):
         )
         self.warehouse_manager.build(self)
 
-    def forward(self, x: Any) -> Any:
-        """Run the layer."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the layer.
+
+        Args:
+            x: The layer's input: ``(B, C, H, W)``, ``(B, C, L)`` or ``(B, ..., C)``.
+
+        Returns:
+            The layer's output: ``(B, O, H, W)``, ``(B, O, L)`` or ``(B, ..., O)``.
+        """
         return self.layer(x)
 
 
@@ -175,7 +187,7 @@ _DWNET = "DWNet (Han et al., ICLR 2022), arXiv:2106.04263"
 _SWIN = "Swin (Liu et al., ICCV 2021), arXiv:2103.14030"
 _ACMIX = "ACmix (Pan et al., CVPR 2022), arXiv:2111.14556"
 _KW = "KernelWarehouse (Li & Yao, ICML 2024), arXiv:2308.08361"
-_UNIFORMER = "UniFormer (Li et al., ICLR 2022), arXiv:2201.09450"
+_UNIFORMER = "UniFormer (Li et al., TPAMI 2023), arXiv:2201.09450"
 _XVOLUTION = "X-volution (Chen et al., 2021), arXiv:2106.02253"
 
 PRESETS: tuple[PresetEntry, ...] = (
@@ -461,11 +473,22 @@ class ZooFamily:
     paper: str
 
     def matches(self, model: str) -> bool:
-        """Whether ``model`` belongs to this family."""
+        """Whether a model name belongs to this family.
+
+        Args:
+            model: A model name (``"van_b0"``).
+
+        Returns:
+            Whether it matches ``pattern`` (case-sensitive shell pattern).
+        """
         return fnmatch.fnmatchcase(model, self.pattern)
 
     def axes(self) -> tuple[str, str, str]:
-        """Sparsity, sharing and dynamism of the mixers, each joined with ``" / "`` over the mixers."""
+        """The family's point on the three axes, from the catalog entries of its mixers.
+
+        Returns:
+            ``(sparsity, sharing, dynamism)``, each joined with ``" / "`` over the mixers.
+        """
         entries = [preset_entry(m) for m in self.mixers]
         return (
             " / ".join(e.sparsity for e in entries),

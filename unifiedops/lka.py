@@ -20,7 +20,7 @@ from torch import nn
 from unifiedops._checks import check_int
 from unifiedops.aggregation import Aggregation
 from unifiedops.instances import DWConv
-from unifiedops.neighbourhoods import Neighbourhood, Point
+from unifiedops.neighbourhoods import Layout, Neighbourhood, Point
 from unifiedops.weights import DenseKernel, SameChannels, WeightSource
 
 __all__ = ["LKA", "LargeKernelGate", "lka_kernel_sizes"]
@@ -91,6 +91,7 @@ class LargeKernelGate(SameChannels, WeightSource):
 
     @property
     def weight_groups(self) -> int:
+        """Number of weight groups: ``C`` (one weight per channel, depth-wise)."""
         return self.channels
 
     def build(self, module: nn.Module, neighbourhood: Neighbourhood) -> None:
@@ -117,10 +118,31 @@ class LargeKernelGate(SameChannels, WeightSource):
         return module.conv1(module.conv_spatial(module.conv0(x)))
 
     def kernel(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Per-position weights, ``(B, C, 1, H, W)``: one neighbour (the position itself) per channel."""
+        """The attention map in the ``shifted_sum`` path's layout ``(B, G, K, H, W)``, with ``G = C``, ``K = 1``.
+
+        Args:
+            module: The owning aggregation.
+            x: The input, ``(B, C, H, W)``.
+
+        Returns:
+            ``(B, C, 1, H, W)``: one neighbour (the position itself) per channel.
+        """
         return self.attention_map(module, x).unsqueeze(2)
 
-    def reference(self, module, x, padded, lay):
+    def reference(
+        self, module: nn.Module, x: torch.Tensor, padded: torch.Tensor, lay: Layout
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input and the attention map as one weight per position and channel.
+
+        Args:
+            module: The owning aggregation.
+            x: Input, ``(B, C, H, W)``; the map is computed from it.
+            padded: The input (a point neighbourhood pads nothing), ``(B, C, H, W)``.
+            lay: The neighbourhood's layout for ``(H, W)``.
+
+        Returns:
+            ``(values, weights)``: ``(B, C, H*W)`` and ``(B, C, H*W, 1)``.
+        """
         return padded.flatten(2), self.attention_map(module, x).flatten(2).unsqueeze(-1)
 
 

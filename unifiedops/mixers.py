@@ -44,7 +44,7 @@ class UniFormerLocalMHRA(nn.Module):
     """UniFormer's local multi-head relation aggregator (the token mixer of its ``CBlock``).
 
     From "UniFormer: Unifying Convolution and Self-attention for Visual Recognition" (Li et al.,
-    ICLR 2022; arXiv 2201.09450): ``conv2(attn(conv1(x)))`` with ``conv1``, ``conv2`` dense
+    TPAMI 2023; arXiv 2201.09450): ``conv2(attn(conv1(x)))`` with ``conv1``, ``conv2`` dense
     ``1 x 1`` convolutions and ``attn`` a ``5 x 5`` depth-wise convolution, the learnable local
     affinity, all with bias. The normalisation before it (BatchNorm) and the residual belong to the
     block. Parameter names are the official ``CBlock``'s (``conv1``, ``attn``, ``conv2``), so
@@ -99,7 +99,7 @@ class UniFormerGlobalMHRA(Aggregation):
     row-major); pass them as ``x.view(B, N, 1, C)`` with ``channels_last=True``, or pass the map.
 
     From "UniFormer: Unifying Convolution and Self-attention for Visual Recognition" (Li et al.,
-    ICLR 2022; arXiv 2201.09450). On the axes: sparsity, global, per head; sharing, across the
+    TPAMI 2023; arXiv 2201.09450). On the axes: sparsity, global, per head; sharing, across the
     channels of a head; dynamism, per position (q.k). Fast path ``global_sdpa``.
 
     Args:
@@ -152,7 +152,7 @@ class DynamicPositionEmbedding(DWConv):
     block computes ``x = x + pos_embed(x)``; with this module that is ``x = pos_embed(x)``).
 
     From "UniFormer: Unifying Convolution and Self-attention for Visual Recognition" (Li et al.,
-    ICLR 2022; arXiv 2201.09450), after CPVT's conditional position encoding. On the axes:
+    TPAMI 2023; arXiv 2201.09450), after CPVT's conditional position encoding. On the axes:
     sliding ``k x k``, depth-wise; shared across positions and samples; static. Fast path ``conv``.
 
     Args:

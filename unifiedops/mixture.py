@@ -23,7 +23,7 @@ from torch import nn
 
 from unifiedops._checks import check_choice, check_divisible, check_int
 from unifiedops.aggregation import Aggregation
-from unifiedops.neighbourhoods import Neighbourhood, Sliding
+from unifiedops.neighbourhoods import Layout, Neighbourhood, Sliding
 from unifiedops.warehouse import TemperatureSchedule
 from unifiedops.weights import ConvKernelSource
 
@@ -64,7 +64,14 @@ class MixtureAttention(nn.Module):
         self.temperature = float(temperature)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Attention ``(B, n)`` over the kernels from pooled features ``(B, C)``."""
+        """Attention over the kernels.
+
+        Args:
+            pooled: Globally pooled features, ``(B, C)``.
+
+        Returns:
+            ``(B, n)``, each row summing to 1.
+        """
         return (self.fc2(torch.relu(self.fc1(pooled))) / self.temperature).softmax(-1)
 
     def extra_repr(self) -> str:
@@ -116,6 +123,7 @@ class MixtureKernel(ConvKernelSource):
 
     @property
     def conv_groups(self) -> int:
+        """``groups``, the channel groups of the equivalent ``nn.Conv2d``."""
         return self.groups
 
     def build(self, module: nn.Module, neighbourhood: Neighbourhood) -> None:
@@ -140,27 +148,78 @@ class MixtureKernel(ConvKernelSource):
             )
 
     def attention(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Mixing coefficients ``(B, n)`` of the input ``(B, C, H, W)``."""
+        """Mixing coefficients from the globally pooled input, through the source's routing.
+
+        Args:
+            module: The owning aggregation.
+            x: The input, ``(B, C, H, W)``.
+
+        Returns:
+            ``(B, n)``: ``sigmoid(routing_fn(GAP(x)))`` for ``"sigmoid"``, ``attention(GAP(x))`` for
+                ``"softmax"``.
+        """
         pooled = x.mean((2, 3))
         if self.routing == "sigmoid":
             return torch.sigmoid(module.routing_fn(pooled))
         return module.attention(pooled)
 
     def mix(self, module: nn.Module, attention: torch.Tensor) -> torch.Tensor:
-        """Kernels ``(B, O, C/groups, k, k)`` mixed with coefficients ``(B, n)``: one matrix product."""
+        """Per-sample kernels ``sum_e a_e W_e``, computed as one matrix product.
+
+        Args:
+            module: The owning aggregation (holds ``weight`` ``(n, O, C/groups, k, k)``).
+            attention: Mixing coefficients, ``(B, n)``.
+
+        Returns:
+            ``(B, O, C/groups, k, k)``.
+        """
         w = module.weight
         return torch.mm(attention, w.reshape(w.shape[0], -1)).view(attention.shape[0], *w.shape[1:])
 
-    def conv_bias(self, module):
+    def conv_bias(self, module: nn.Module) -> None:
+        """No bias for the paths: the mixed bias differs per sample, and
+        [`MixtureConv`][unifiedops.mixture.MixtureConv] adds it after the aggregation.
+
+        Args:
+            module: The owning aggregation.
+
+        Returns:
+            ``None``.
+        """
         # The mixed bias differs per sample; MixtureConv adds it after the aggregation.
         return None
 
-    def conv_weight(self, module, x):
+    def conv_weight(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The per-sample mixed kernels; stores the coefficients ``(B, n)`` as ``module.mixture_attention``.
+
+        Args:
+            module: The owning aggregation.
+            x: The input, ``(B, C, H, W)``.
+
+        Returns:
+            ``(B, O, C/groups, k, k)``.
+        """
         a = self.attention(module, x)
         module.mixture_attention = a  # read by MixtureConv.forward for the mixed bias
         return self.mix(module, a)
 
-    def reference(self, module, x, padded, lay):
+    def reference(
+        self, module: nn.Module, x: torch.Tensor, padded: torch.Tensor, lay: Layout
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The padded input and the per-sample mixed kernels.
+
+        The kernels come from [`conv_weight`][unifiedops.mixture.MixtureKernel.conv_weight], which also
+        stores the coefficients for the mixed bias.
+
+        Args:
+            module: The owning aggregation.
+            x: Input, ``(B, C, H, W)``; the coefficients are computed from it.
+            padded: Input padded as the neighbourhood asks, ``(B, C, Hp, Wp)``.
+            lay: The neighbourhood's layout for ``(H, W)``.
+
+        Returns:
+            ``(values, weights)``: ``(B, C, Hp*Wp)`` and ``(B, O, C/groups, 1, K)``, ``K = k*k``.
+        """
         return padded.flatten(2), self.conv_weight(module, x).flatten(3).unsqueeze(3)
 
 
@@ -182,7 +241,14 @@ class MixtureConv(Aggregation):
         self.mixture_attention: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Convolve each sample of ``x`` ``(B, C, H, W)`` with its mixed kernel and bias."""
+        """Convolve each sample with its mixed kernel, then add its mixed bias ``sum_e a_e b_e``.
+
+        Args:
+            x: ``(B, C, H, W)``.
+
+        Returns:
+            ``(B, O, Ho, Wo)``, ``Ho = ceil(H / stride)``, ``Wo = ceil(W / stride)``.
+        """
         y = super().forward(x)
         if self.bias is not None:
             y = y + torch.mm(self.mixture_attention, self.bias)[:, :, None, None]

@@ -137,18 +137,31 @@ class Sliding(Neighbourhood):
 
     @property
     def slots(self) -> int:
+        """Neighbours per axis: ``kernel_size``."""
         return self.kernel_size
 
     @property
     def pad_mode(self) -> str:
+        """``"reflect"`` with ``border="reflect"``, else ``"constant"`` (``"mask"`` and ``"clamp"`` do not pad)."""
         return "reflect" if self.border == "reflect" else "constant"
 
     @property
     def step(self) -> int:
+        """Distance between consecutive output positions: ``stride``."""
         return self.stride
 
     def check_reflectable(self, *lengths: int) -> None:
-        """Raise unless reflection padding fits every axis length (it must be shorter than the axis)."""
+        """Raise unless reflection padding fits every axis length (it must be shorter than the axis).
+
+        A no-op unless ``border="reflect"``.
+
+        Args:
+            lengths: Axis lengths to check, such as ``H`` and ``W``.
+
+        Raises:
+            ValueError: If ``border="reflect"`` and the padding ``dilation * (kernel_size // 2)`` is
+                at least one of the lengths.
+        """
         pad = self.dilation * (self.kernel_size // 2)
         for length in lengths:
             if self.border == "reflect" and pad >= length:
@@ -224,10 +237,18 @@ class Window(Neighbourhood):
 
     @property
     def slots(self) -> int:
+        """Neighbours per axis: the window ``size``."""
         return self.size
 
     def padded_length(self, length: int) -> int:
-        """Axis length after padding to a multiple of the window."""
+        """Axis length after zero-padding at the end to a multiple of the window.
+
+        Args:
+            length: Unpadded axis length ``L``.
+
+        Returns:
+            ``Lp = ceil(L / size) * size``.
+        """
         return math.ceil(length / self.size) * self.size
 
     def rolled_regions(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,8 +258,11 @@ class Window(Neighbourhood):
             length: Unpadded axis length ``L``.
 
         Returns:
-            ``(region, inside)``, each of length ``Lp``: two rolled positions in one window see
-                each other when their regions match (and, with ``border="mask"``, the key is
+            ``(region, inside)``, each ``(Lp,)`` with ``Lp`` the
+                [`padded_length`][unifiedops.neighbourhoods.Window.padded_length]: ``region`` long
+                labels 0, 1, 2 (Swin's three slices: 0 only without a shift), ``inside`` bool, whether the
+                rolled position is in the image rather than the padding. Two rolled positions in one
+                window see each other when their regions match (and, with ``border="mask"``, the key is
                 inside).
         """
         w, s, lp = self.size, self.shift, self.padded_length(length)
@@ -271,6 +295,7 @@ class Global(Neighbourhood):
 
     @property
     def slots(self) -> None:
+        """``None``: the neighbourhood is the whole axis, whose length depends on the input."""
         return None
 
     def axis(self, length: int) -> Axis:
@@ -285,6 +310,7 @@ class Point(Neighbourhood):
 
     @property
     def slots(self) -> int:
+        """1: each position reads only itself."""
         return 1
 
     def axis(self, length: int) -> Axis:

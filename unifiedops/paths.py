@@ -7,11 +7,14 @@ applies follows from the neighbourhood and the weight source:
 | path | neighbourhood | weights (``dynamism``) | computes with |
 |---|---|---|---|
 | ``conv`` | Sliding (zeros, reflect, mask), Point | static kernels | ``F.conv2d`` |
-| ``batched_conv`` | Sliding (zeros, reflect, mask), Point | per-sample kernels | one ``F.conv2d(groups=B*groups)`` |
+| ``batched_conv`` | Sliding (zeros, reflect, mask), Point | per-sample kernels | one ``F.conv2d(groups=B*groups)``¹ |
 | ``shifted_sum`` | Sliding (zeros, reflect, mask), Point | per-position kernels | ``k*k`` shifted multiply-adds |
 | ``window_sdpa`` | Window | q.k attention | SDPA over windows |
 | ``halo_sdpa`` | Sliding (any border; stride or dilation) | q.k attention | SDPA over query tiles and key blocks |
 | ``global_sdpa`` | Global | q.k attention | SDPA |
+
+¹ On the CPU, kernels that mix channels run as one ``F.conv2d`` per sample instead, which oneDNN
+runs faster than one grouped call.
 
 Every path takes and returns ``(B, C, H, W)`` tensors of any memory format. The attention paths
 and the reference path also take the ``q, k, v`` projections of the input when a composite

@@ -46,7 +46,7 @@ from torch import nn
 
 from unifiedops._checks import check_choice, check_divisible, check_input, check_int
 from unifiedops.aggregation import Aggregation
-from unifiedops.neighbourhoods import Neighbourhood, Point, Sliding
+from unifiedops.neighbourhoods import Layout, Neighbourhood, Point, Sliding
 from unifiedops.weights import ConvKernelSource
 
 __all__ = [
@@ -291,6 +291,7 @@ class WarehouseKernel(ConvKernelSource):
 
     @property
     def conv_groups(self) -> int:
+        """``groups``, the channel groups of the equivalent ``nn.Conv2d``."""
         return self.groups
 
     def build(self, module: nn.Module, neighbourhood: Neighbourhood) -> None:
@@ -311,8 +312,12 @@ class WarehouseKernel(ConvKernelSource):
 
         Args:
             module: The KW layer.
-            attention: Attention over the warehouse cells, sample-major.
+            attention: Attention over the warehouse cells, sample-major, ``(B*m, n)``.
             batch: ``B``.
+
+        Returns:
+            The layer's kernels in its own geometry: ``(B, O, C/groups, k, k)`` for a 2-D layer
+                (also one of patches), ``(B, O, C/groups, k)`` for a 1-D one.
         """
         lay: CellLayout = module.cell_layout
         cells = module.warehouse_manager[0].take_cell(module.warehouse_id)
@@ -324,7 +329,22 @@ class WarehouseKernel(ConvKernelSource):
         w = w.permute(0, 2, 4, 3, 5, 1, *range(6, 6 + d))
         return w.reshape(batch, self.out_channels, module.in_planes // self.groups, *module.kernel_size)
 
-    def conv_weight(self, module, x):
+    def conv_weight(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The per-sample kernels, assembled from the attention on the layer's input.
+
+        Args:
+            module: The KW layer.
+            x: The aggregation's input, ``(B, C, H, W)``: the layer input, its ``(B, C, L, 1)`` view
+                for a 1-D layer, or its unfolded patches ``(B, C k k, Ho, Wo)`` for a layer of
+                patches (whose attention pools the layer input instead).
+
+        Returns:
+            ``(B, O, C/groups, k, k)``; for a 1-D layer the kernel is the middle column of the
+                ``k x k`` kernel; for a layer of patches ``(B, O, C k k / groups, 1, 1)``.
+
+        Raises:
+            RuntimeError: If the layer's warehouse has not been stored and allocated.
+        """
         if module.cell_layout is None:
             raise RuntimeError(
                 "this KW layer has no cells yet: call store() and allocate(network), or build(network), "
@@ -342,7 +362,21 @@ class WarehouseKernel(ConvKernelSource):
             w = F.pad(w.unsqueeze(-1), (r, r))
         return w
 
-    def reference(self, module, x, padded, lay):
+    def reference(
+        self, module: nn.Module, x: torch.Tensor, padded: torch.Tensor, lay: Layout
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The padded input and the kernels of [`conv_weight`][unifiedops.warehouse.WarehouseKernel.conv_weight].
+
+        Args:
+            module: The KW layer.
+            x: The aggregation's input, ``(B, C, H, W)`` (see ``conv_weight``).
+            padded: ``x`` padded as the neighbourhood asks, ``(B, C, Hp, Wp)``.
+            lay: The neighbourhood's layout for ``(H, W)``.
+
+        Returns:
+            ``(values, weights)``: ``(B, C, Hp*Wp)`` and ``(B, O, C/groups, 1, K)``, ``K = k*k``
+                (1 for a layer of patches).
+        """
         return padded.flatten(2), self.conv_weight(module, x).flatten(3).unsqueeze(3)
 
 
@@ -540,7 +574,14 @@ class KWConv1d(_KWLayer):
     dimension: ClassVar[int] = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Convolve ``x`` ``(B, C, L)`` into ``(B, O, Lo)``."""
+        """Convolve a sequence, as ``nn.Conv1d`` with same padding.
+
+        Args:
+            x: ``(B, C, L)``.
+
+        Returns:
+            ``(B, O, Lo)``, ``Lo = ceil(L / stride)``.
+        """
         if not isinstance(x, torch.Tensor) or x.dim() != 3:
             raise ValueError(f"x must be a 3-D (B, C, L) tensor, got shape {getattr(x, 'shape', None)}")
         return super().forward(x.unsqueeze(-1)).squeeze(-1)
@@ -589,7 +630,14 @@ class KWLinear(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map the last axis of ``x`` ``(B, ..., C)`` to ``O`` features."""
+        """Map the last axis to ``O`` features, as ``nn.Linear``; the attention pools each sample's tokens.
+
+        Args:
+            x: ``(B, ..., C)``.
+
+        Returns:
+            ``(B, ..., O)``.
+        """
         if not isinstance(x, torch.Tensor) or x.dim() < 2:
             raise ValueError(f"x must be a (B, ..., C) tensor, got shape {getattr(x, 'shape', None)}")
         shape = x.shape
@@ -949,7 +997,14 @@ class Warehouse(nn.Module):
         self.allocate(network)
 
     def take_cell(self, warehouse_idx: int) -> torch.Tensor:
-        """The cells of warehouse ``warehouse_idx``, ``(n, cell_out, cell_in, *cell_kernel)``."""
+        """The cells of one warehouse (the official method name).
+
+        Args:
+            warehouse_idx: Index of the warehouse, in order of first reservation.
+
+        Returns:
+            ``weights[warehouse_idx]``, ``(n, cell_out, cell_in, *cell_kernel)``.
+        """
         return self.weights[warehouse_idx]
 
     def extra_repr(self) -> str:
@@ -1029,6 +1084,9 @@ class TemperatureSchedule:
 
         Args:
             iteration: Global iteration, ``epoch * iters_per_epoch + step + 1``.
+
+        Returns:
+            The temperature.
         """
         total = self.iters_per_epoch * self.temp_epochs
         return self.end + max(0.0, (self.init - self.end) * ((total - iteration) / max(1.0, total)))

@@ -78,7 +78,10 @@ class WeightSource:
 
     @property
     def weight_groups(self) -> int:
-        """Number of weight groups ``G``; ``C // G`` consecutive channels share a weight."""
+        """Number of weight groups ``G``; ``C // G`` consecutive channels share a weight.
+
+        Only sources that are not ``dense`` define it; a dense source has ``conv_groups`` instead.
+        """
         raise NotImplementedError
 
     def build(self, module: nn.Module, neighbourhood: Neighbourhood) -> None:
@@ -93,17 +96,25 @@ class WeightSource:
     def reference(
         self, module: nn.Module, x: torch.Tensor, padded: torch.Tensor, lay: Layout
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Values and weights of the literal formula.
+        """Values and weights of the literal formula, for the ``reference`` path.
+
+        The path gathers the values at ``lay.index``, zeroes the slots ``lay.valid`` rules out, and
+        sums the neighbours times the weights over ``K``; a weight tensor computed at every input
+        position (``Pw = H*W``) is subsampled to the output positions when the neighbourhood is
+        strided.
 
         Args:
             module: The owning aggregation.
             x: Input, ``(B, C, H, W)``.
             padded: Input padded as the neighbourhood asks, ``(B, C, Hp, Wp)``.
-            lay: The neighbourhood's layout for ``(H, W)``.
+            lay: The neighbourhood's layout for ``(H, W)``
+                ([`layout`][unifiedops.neighbourhoods.layout]).
 
         Returns:
-            ``(values, weights)``: the features aggregated, ``(B, C, Hp*Wp)``, and the weights,
-                ``(Bw, G, Pw, K)``; for a ``dense`` source ``(Bw, O, C/groups, Pw, K)``.
+            ``(values, weights)``: the features aggregated, ``(B, Cv, Hp*Wp)`` (the padded input
+                itself, ``Cv = C``, unless the source aggregates a projection), and the weights,
+                ``(Bw, G, Pw, K)`` with ``Pw`` 1, ``H*W`` or ``Ho*Wo``; for a ``dense`` source
+                ``(Bw, O, C/conv_groups, Pw, K)``.
         """
         raise NotImplementedError
 
@@ -135,6 +146,9 @@ class ConvKernelSource(WeightSource):
 
     Subclasses define ``conv_weight``, ``conv_groups`` and the ``bias`` they register; ``finish``
     adds that bias, so the conv paths may fuse it into the convolution instead.
+
+    Args:
+        channels: Number of channels ``C`` the aggregation reads.
     """
 
     @property
@@ -143,19 +157,42 @@ class ConvKernelSource(WeightSource):
         raise NotImplementedError
 
     def conv_weight(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Kernels as ``F.conv2d`` takes them, one set per sample: ``(Bw, O, C/conv_groups, k, k)``.
+        """Kernels as ``F.conv2d`` takes them, one set per sample.
+
+        The ``conv`` path convolves with ``conv_weight(module, x)[0]``; the ``batched_conv`` path
+        folds the batch into the groups and convolves sample ``b`` with set ``b``.
 
         Args:
             module: The owning aggregation.
             x: The input ``(B, C, H, W)`` (read only by dynamic sources).
+
+        Returns:
+            ``(Bw, O, C/conv_groups, k, k)``: ``Bw`` is 1 for a static source, ``B`` for a
+                per-sample one.
         """
         raise NotImplementedError
 
     def conv_bias(self, module: nn.Module) -> torch.Tensor | None:
-        """The per-output-channel bias ``(O,)``, or ``None``."""
+        """The bias the conv paths pass to ``F.conv2d`` and ``finish`` adds on the other paths.
+
+        Args:
+            module: The owning aggregation.
+
+        Returns:
+            The module's ``bias`` parameter, ``(O,)``, or ``None`` when it has none.
+        """
         return getattr(module, "bias", None)
 
-    def finish(self, module, y):
+    def finish(self, module: nn.Module, y: torch.Tensor) -> torch.Tensor:
+        """Add the [`conv_bias`][unifiedops.weights.ConvKernelSource.conv_bias], if any.
+
+        Args:
+            module: The owning aggregation.
+            y: Aggregated features, ``(B, O, Ho, Wo)``.
+
+        Returns:
+            ``y`` plus the bias broadcast over positions, ``(B, O, Ho, Wo)``.
+        """
         bias = self.conv_bias(module)
         return y if bias is None else y + bias.view(1, -1, 1, 1)
 
@@ -202,6 +239,7 @@ class StaticKernel(SameChannels, ConvKernelSource):
 
     @functools.cached_property
     def weight_groups(self) -> int:
+        """Number of weight groups ``G``: ``groups``, or ``C`` when it is ``None``."""
         return _check_groups(self.channels, self.groups)
 
     def build(self, module: nn.Module, neighbourhood: Neighbourhood) -> None:
@@ -215,17 +253,47 @@ class StaticKernel(SameChannels, ConvKernelSource):
             nn.init.uniform_(module.bias, -bound, bound)
 
     def kernel(self, module: nn.Module) -> torch.Tensor:
-        """The kernel, ``(1, G, 1, K)``."""
+        """The learned kernel as aggregation weights.
+
+        Args:
+            module: The owning aggregation.
+
+        Returns:
+            ``weight`` ``(G, 1, k, k)`` reshaped to ``(1, G, 1, K)``, ``K = k*k``.
+        """
         return module.weight.reshape(1, self.weight_groups, 1, -1)
 
     @property
     def conv_groups(self) -> int:
+        """``C``: the equivalent convolution is depth-wise (the ``G`` kernels are repeated per channel)."""
         return self.channels
 
-    def conv_weight(self, module, x):
+    def conv_weight(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The kernel as a depth-wise ``F.conv2d`` weight, each group's kernel repeated for its channels.
+
+        Args:
+            module: The owning aggregation.
+            x: The input ``(B, C, H, W)`` (not read: the kernel is static).
+
+        Returns:
+            ``(1, C, 1, k, k)``.
+        """
         return _per_channel(module.weight, self.weight_groups, self.channels, 0).unsqueeze(0)
 
-    def reference(self, module, x, padded, lay):
+    def reference(
+        self, module: nn.Module, x: torch.Tensor, padded: torch.Tensor, lay: Layout
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The padded input and the learned kernel.
+
+        Args:
+            module: The owning aggregation.
+            x: Input, ``(B, C, H, W)`` (not read).
+            padded: Input padded as the neighbourhood asks, ``(B, C, Hp, Wp)``.
+            lay: The neighbourhood's layout for ``(H, W)``.
+
+        Returns:
+            ``(values, weights)``: ``(B, C, Hp*Wp)`` and ``(1, G, 1, K)``.
+        """
         return padded.flatten(2), self.kernel(module)
 
 
@@ -256,6 +324,7 @@ class DenseKernel(ConvKernelSource):
 
     @property
     def conv_groups(self) -> int:
+        """``groups``, the channel groups of the equivalent ``nn.Conv2d``."""
         return self.groups
 
     def build(self, module: nn.Module, neighbourhood: Neighbourhood) -> None:
@@ -263,10 +332,32 @@ class DenseKernel(ConvKernelSource):
         conv = nn.Conv2d(self.channels, self.out_channels, k, groups=self.groups, bias=self.bias)
         module.weight, module.bias = conv.weight, conv.bias
 
-    def conv_weight(self, module, x):
+    def conv_weight(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The registered ``weight`` with a leading axis of one set.
+
+        Args:
+            module: The owning aggregation.
+            x: The input ``(B, C, H, W)`` (not read: the kernel is static).
+
+        Returns:
+            ``(1, O, C/groups, k, k)``.
+        """
         return module.weight.unsqueeze(0)
 
-    def reference(self, module, x, padded, lay):
+    def reference(
+        self, module: nn.Module, x: torch.Tensor, padded: torch.Tensor, lay: Layout
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The padded input and the kernel, one ``O x C/groups`` matrix per neighbour slot.
+
+        Args:
+            module: The owning aggregation.
+            x: Input, ``(B, C, H, W)`` (not read).
+            padded: Input padded as the neighbourhood asks, ``(B, C, Hp, Wp)``.
+            lay: The neighbourhood's layout for ``(H, W)``.
+
+        Returns:
+            ``(values, weights)``: ``(B, C, Hp*Wp)`` and ``(1, O, C/groups, 1, K)``.
+        """
         return padded.flatten(2), module.weight.flatten(2).unsqueeze(0).unsqueeze(3)
 
 
@@ -298,6 +389,7 @@ class SampleKernel(SameChannels, ConvKernelSource):
 
     @functools.cached_property
     def weight_groups(self) -> int:
+        """Number of weight groups ``G``: ``groups``, or ``C`` when it is ``None``."""
         return _check_groups(self.channels, self.groups)
 
     def build(self, module: nn.Module, neighbourhood: Neighbourhood) -> None:
@@ -309,7 +401,15 @@ class SampleKernel(SameChannels, ConvKernelSource):
         module.bias = nn.Parameter(torch.zeros(self.channels)) if self.bias else None
 
     def kernel(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Per-sample kernels, ``(B, G, 1, K)``, from the input ``(B, C, H, W)``."""
+        """Per-sample kernels predicted from the globally pooled input.
+
+        Args:
+            module: The owning aggregation.
+            x: The input, ``(B, C, H, W)``.
+
+        Returns:
+            ``(B, G, 1, K)``, ``K = k*k``: one kernel per sample and group, shared by all positions.
+        """
         # The 1x1 convs act on a 1x1 map: as matrix products they skip conv2d's setup, which
         # matters because conv2 is a large matrix (C/r x G*k*k) read for a handful of rows.
         hidden = F.linear(x.mean((2, 3)), module.conv1.weight.flatten(1))
@@ -319,15 +419,38 @@ class SampleKernel(SameChannels, ConvKernelSource):
 
     @property
     def conv_groups(self) -> int:
+        """``C``: the equivalent convolution is depth-wise (the ``G`` kernels are repeated per channel)."""
         return self.channels
 
-    def conv_weight(self, module, x):
+    def conv_weight(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample depth-wise ``F.conv2d`` weights, each group's kernel repeated for its channels.
+
+        Args:
+            module: The owning aggregation.
+            x: The input, ``(B, C, H, W)``.
+
+        Returns:
+            ``(B, C, 1, k, k)``.
+        """
         b, k = x.shape[0], module.conv2.out_channels // self.weight_groups
         side = math.isqrt(k)
         kernel = self.kernel(module, x).view(b, self.weight_groups, 1, side, side)
         return _per_channel(kernel, self.weight_groups, self.channels, 1)
 
-    def reference(self, module, x, padded, lay):
+    def reference(
+        self, module: nn.Module, x: torch.Tensor, padded: torch.Tensor, lay: Layout
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The padded input and the per-sample kernels.
+
+        Args:
+            module: The owning aggregation.
+            x: Input, ``(B, C, H, W)``; the kernels are predicted from it.
+            padded: Input padded as the neighbourhood asks, ``(B, C, Hp, Wp)``.
+            lay: The neighbourhood's layout for ``(H, W)``.
+
+        Returns:
+            ``(values, weights)``: ``(B, C, Hp*Wp)`` and ``(B, G, 1, K)``.
+        """
         return padded.flatten(2), self.kernel(module, x)
 
 
@@ -358,6 +481,7 @@ class PositionKernel(SameChannels, WeightSource):
 
     @functools.cached_property
     def weight_groups(self) -> int:
+        """Number of weight groups ``G``: ``groups``."""
         return _check_groups(self.channels, self.groups)
 
     def build(self, module: nn.Module, neighbourhood: Neighbourhood) -> None:
@@ -367,11 +491,34 @@ class PositionKernel(SameChannels, WeightSource):
         module.conv2 = nn.Sequential(nn.Conv2d(hidden, k * k * self.weight_groups, 1))
 
     def kernel(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Per-position kernels, ``(B, G, K, H, W)``, from the input ``(B, C, H, W)``."""
+        """Per-position kernels predicted from the feature at each position (the ``shifted_sum`` path's layout).
+
+        Args:
+            module: The owning aggregation.
+            x: The input, ``(B, C, H, W)``.
+
+        Returns:
+            ``(B, G, K, H, W)``, ``K = k*k``: one kernel per sample, group and input position (a
+                strided aggregation uses every ``stride``-th).
+        """
         b, _, h, w = x.shape
         return module.conv2(module.conv1(x)).reshape(b, self.weight_groups, -1, h, w)
 
-    def reference(self, module, x, padded, lay):
+    def reference(
+        self, module: nn.Module, x: torch.Tensor, padded: torch.Tensor, lay: Layout
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The padded input and the per-position kernels.
+
+        Args:
+            module: The owning aggregation.
+            x: Input, ``(B, C, H, W)``; the kernels are predicted from it.
+            padded: Input padded as the neighbourhood asks, ``(B, C, Hp, Wp)``.
+            lay: The neighbourhood's layout for ``(H, W)``.
+
+        Returns:
+            ``(values, weights)``: ``(B, C, Hp*Wp)`` and ``(B, G, H*W, K)``, a kernel at every input
+                position (the path keeps the strided ones).
+        """
         return padded.flatten(2), self.kernel(module, x).flatten(3).transpose(2, 3)
 
 
@@ -400,7 +547,7 @@ def coordinate_grid(
         dtype: Floating dtype of the result.
 
     Returns:
-        The grid.
+        The grid, ``(1, 2, H, W)``.
     """
     gx = torch.linspace(-1, 1, width, device=device, dtype=dtype).expand(height, width)
     gy = torch.linspace(-1, 1, height, device=device, dtype=dtype)[:, None].expand(height, width)
@@ -457,15 +604,17 @@ class QKAttention(WeightSource):
 
     @property
     def out_channels(self) -> int:
+        """Channels ``Cv`` of the values and of the output: ``value_channels``, or ``C`` when it is ``None``."""
         return self.channels if self.value_channels is None else self.value_channels
 
     @property
     def weight_groups(self) -> int:
+        """Number of weight groups ``G``: ``heads`` (one attention map per head)."""
         return self.heads
 
     @property
     def head_dim(self) -> int:
-        """Channels per head."""
+        """Channels per head, ``D = Cv // heads``."""
         return self.out_channels // self.heads
 
     @property
@@ -493,7 +642,16 @@ class QKAttention(WeightSource):
             module.proj = nn.Linear(cv, cv)
 
     def qkv_weight(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The three projections as one ``(3 Cv, C)`` matrix and ``(3 Cv,)`` bias."""
+        """The ``q, k, v`` projections as one linear map, from either of the
+        [`PROJECTIONS`][unifiedops.weights.PROJECTIONS] layouts.
+
+        Args:
+            module: The owning aggregation.
+
+        Returns:
+            ``(weight, bias)``: ``(3*Cv, C)`` and ``(3*Cv,)`` (``None`` without ``qkv_bias``), rows
+                ordered ``q``, ``k``, ``v``.
+        """
         if self.projection == "linear":
             return module.qkv.weight, module.qkv.bias
         convs = (module.conv1, module.conv2, module.conv3)
@@ -502,7 +660,16 @@ class QKAttention(WeightSource):
         return weight, bias
 
     def project(self, module: nn.Module, x_nhwc: torch.Tensor) -> torch.Tensor:
-        """``q, k, v`` stacked, ``(3, B, ..., heads, head_dim)``, from channels-last input."""
+        """Project channels-last input to ``q, k, v``, split into heads.
+
+        Args:
+            module: The owning aggregation.
+            x_nhwc: Channels-last input, ``(B, H, W, C)`` (any leading axes: ``(..., C)``).
+
+        Returns:
+            ``q, k, v`` stacked, ``(3, B, H, W, G, D)`` (``(3, ..., G, D)`` in general), ``G = heads``,
+                ``D = head_dim``.
+        """
         qkv = F.linear(x_nhwc, *self.qkv_weight(module))
         qkv = qkv.unflatten(-1, (3, self.heads, self.head_dim))
         return qkv.movedim(-3, 0)
@@ -517,7 +684,7 @@ class QKAttention(WeightSource):
 
         Args:
             module: The owning aggregation.
-            qkv: Projections of the unpadded input.
+            qkv: Projections of the unpadded input, ``(3, B, H, W, G, D)``.
             pad: ``(left, right, top, bottom)``.
             mode: ``"constant"`` or ``"reflect"``.
 
@@ -564,12 +731,48 @@ class QKAttention(WeightSource):
         return pe[0].permute(1, 2, 0)
 
     def bias(self, module: nn.Module, rel_index: torch.Tensor) -> torch.Tensor | None:
-        """Relative-position bias gathered at ``rel_index`` ``(..., Q, K)``, as ``(..., heads, Q, K)``."""
+        """The relative-position bias of the logits, gathered from ``relative_position_bias_table``.
+
+        Args:
+            module: The owning aggregation.
+            rel_index: Long indices into the table, ``(..., Q, K)``: for ``Q`` queries, ``K`` keys each
+                (``Layout.rel_index`` is ``(Ho*Wo, K)``).
+
+        Returns:
+            ``(..., G, Q, K)``, ``G = heads``; ``None`` without ``rel_pos_bias``.
+        """
         if not self.rel_pos_bias:
             return None
         return module.relative_position_bias_table[rel_index].movedim(-1, -3)
 
-    def reference(self, module, x, padded, lay, projected=None):
+    def reference(
+        self,
+        module: nn.Module,
+        x: torch.Tensor,
+        padded: torch.Tensor,
+        lay: Layout,
+        projected: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The padded values and the softmax of the query-key logits over each neighbourhood.
+
+        The logits are ``scale * q_i . k_j`` (plus the relative-position bias and ACmix's
+        position term when enabled), with slots outside ``lay.valid`` set to ``-inf`` before the
+        softmax. ``q, k, v`` are projected from ``x`` and padded as projecting ``padded`` would
+        (see [`pad_projected`][unifiedops.weights.QKAttention.pad_projected]); ``padded`` itself is
+        not read.
+
+        Args:
+            module: The owning aggregation.
+            x: Input, ``(B, C, H, W)``.
+            padded: Input padded as the neighbourhood asks, ``(B, C, Hp, Wp)`` (not read).
+            lay: The neighbourhood's layout for ``(H, W)``.
+            projected: Projections already computed, ``(3, B, H, W, G, D)`` (ACmix shares them with
+                its convolution half); ``None`` projects ``x``.
+
+        Returns:
+            ``(values, weights)``: the padded values ``v``, ``(B, Cv, Hp*Wp)``, and the attention
+                weights, ``(B, G, Ho*Wo, K)``.
+        """
         b, _, h, w = x.shape
         if projected is None:
             projected = self.project(module, x.permute(0, 2, 3, 1))
@@ -589,7 +792,16 @@ class QKAttention(WeightSource):
         values = v.flatten(2).transpose(1, 2)  # (B, Cv, Np)
         return values, logits.softmax(-1).reshape(b, self.heads, *lay.index.shape)
 
-    def finish(self, module, y):
+    def finish(self, module: nn.Module, y: torch.Tensor) -> torch.Tensor:
+        """Apply the output projection ``proj`` (a no-op without ``out_proj``).
+
+        Args:
+            module: The owning aggregation.
+            y: Aggregated values, ``(B, Cv, Ho, Wo)``.
+
+        Returns:
+            ``(B, Cv, Ho, Wo)``.
+        """
         if not self.out_proj:
             return y
         return F.linear(y.permute(0, 2, 3, 1), module.proj.weight, module.proj.bias).permute(0, 3, 1, 2)

@@ -39,7 +39,7 @@ from torch import nn
 
 from unifiedops._checks import check_int
 from unifiedops.aggregation import Aggregation
-from unifiedops.neighbourhoods import Neighbourhood, Sliding, layout
+from unifiedops.neighbourhoods import Layout, Neighbourhood, Sliding, layout
 from unifiedops.weights import DenseKernel, SameChannels, WeightSource
 
 __all__ = ["MergedXVolution", "MergedXVolutionKernel", "ShiftProductKernel", "XVolution"]
@@ -73,11 +73,12 @@ class ShiftProductKernel(SameChannels, WeightSource):
 
     @property
     def weight_groups(self) -> int:
+        """Number of weight groups: 1 (every channel shares the weight of a position and shift)."""
         return 1
 
     @property
     def width(self) -> int:
-        """``Cq``."""
+        """Width ``Cq`` of the query and key projections: ``qk_channels``, or ``C`` when it is ``None``."""
         return self.channels if self.qk_channels is None else self.qk_channels
 
     def build(self, module: nn.Module, neighbourhood: Neighbourhood) -> None:
@@ -90,7 +91,15 @@ class ShiftProductKernel(SameChannels, WeightSource):
         module.key = nn.Conv2d(self.channels, self.width, 1)
 
     def kernel(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Per-position weights ``(B, 1, K, H, W)`` from the input ``(B, C, H, W)``."""
+        """Per-position weights in the ``shifted_sum`` path's layout, one product map per shift.
+
+        Args:
+            module: The owning aggregation (its neighbourhood gives the shifts).
+            x: The input, ``(B, C, H, W)``.
+
+        Returns:
+            ``(B, 1, K, H, W)``, ``K = k*k`` in slot order; keys shifted in from outside the image are zero.
+        """
         nb = module.neighbourhood
         h, w = x.shape[2:]
         pad = nb.dilation * (nb.kernel_size // 2)
@@ -100,7 +109,20 @@ class ShiftProductKernel(SameChannels, WeightSource):
         taps = [(q * k[..., dy : dy + h, dx : dx + w]).sum(1) for dy, dx in _neighbour_taps(nb)]
         return torch.stack(taps, 1).unsqueeze(1)
 
-    def reference(self, module, x, padded, lay):
+    def reference(
+        self, module: nn.Module, x: torch.Tensor, padded: torch.Tensor, lay: Layout
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The padded input and the query-key products, gathered at the layout's slots.
+
+        Args:
+            module: The owning aggregation.
+            x: Input, ``(B, C, H, W)``; the queries and keys are projected from it.
+            padded: Input zero-padded as the neighbourhood asks, ``(B, C, Hp, Wp)``.
+            lay: The neighbourhood's layout for ``(H, W)``.
+
+        Returns:
+            ``(values, weights)``: ``(B, C, Hp*Wp)`` and ``(B, 1, H*W, K)``.
+        """
         q = module.query(x).flatten(2)  # (B, Cq, H*W)
         k = F.pad(module.key(x), lay.pad).flatten(2)  # (B, Cq, Hp*Wp)
         weights = torch.einsum("bcp,bcpk->bpk", q, k[:, :, lay.index]) * self.width**-0.5
@@ -137,6 +159,7 @@ class MergedXVolutionKernel(WeightSource):
 
     @property
     def conv_groups(self) -> int:
+        """1: the kernel mixes all input channels (read by the ``reference`` path for a dense source)."""
         return 1
 
     @property
@@ -152,7 +175,24 @@ class MergedXVolutionKernel(WeightSource):
         module.bias = nn.Parameter(torch.zeros(self.out_channels))
         self._attention.build(module, Sliding(3, self.shift))
 
-    def reference(self, module, x, padded, lay):
+    def reference(
+        self, module: nn.Module, x: torch.Tensor, padded: torch.Tensor, lay: Layout
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The padded input and the merged kernel at every position.
+
+        The attention coefficients ``w_A(p, d)`` of the 3x3 taps at distance ``shift`` are placed in
+        a ``k x k`` grid (zero at the other taps), and each slot's ``O x C`` matrix is
+        ``weight[:, :, d] + w_A(p, d) * value_weight``.
+
+        Args:
+            module: The owning aggregation.
+            x: Input, ``(B, C, H, W)``; the coefficients are computed from it.
+            padded: Input zero-padded as the neighbourhood asks, ``(B, C, Hp, Wp)``.
+            lay: The neighbourhood's layout for ``(H, W)`` (a ``k x k`` sliding window).
+
+        Returns:
+            ``(values, weights)``: ``(B, C, Hp*Wp)`` and ``(B, O, C, H*W, K)``, ``K = k*k``.
+        """
         k = module.neighbourhood.kernel_size
         # The attention's 3x3 taps at distance `shift` sit inside the k x k kernel.
         lay3 = _shift_layout(self.shift, x)
@@ -165,7 +205,16 @@ class MergedXVolutionKernel(WeightSource):
         )
         return padded.flatten(2), kernel  # (B, O, C, P, K)
 
-    def finish(self, module, y):
+    def finish(self, module: nn.Module, y: torch.Tensor) -> torch.Tensor:
+        """Add the merged ``bias`` (both BatchNorm shifts).
+
+        Args:
+            module: The owning aggregation.
+            y: Aggregated features, ``(B, O, H, W)``.
+
+        Returns:
+            ``(B, O, H, W)``.
+        """
         return y + module.bias.view(1, -1, 1, 1)
 
 

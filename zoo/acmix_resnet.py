@@ -98,17 +98,53 @@ def _create(variant: str, pretrained: bool, **kwargs: Any) -> ACmixResNet:
 
 @register_model
 def acmix_resnet26(pretrained: bool = False, **kwargs: Any) -> ACmixResNet:
-    """ACmix-ResNet-26: depths 1,2,4,1 (10.49M parameters; the paper gives 10.6M)."""
+    """ACmix-ResNet-26: depths 1,2,4,1 (10.49M parameters; the paper gives 10.6M).
+
+    Args:
+        pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
+            ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
+        **kwargs: [`ACmixResNet`][zoo.acmix_resnet.ACmixResNet] arguments other than ``layers`` (fixed by the
+            variant), and timm's (``features_only``, ``out_indices``, ``pretrained_cfg_overlay``).
+
+    Returns:
+        The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
+        ``features_only=True``, timm's ``FeatureGetterNet`` around it, whose forward returns the four stage
+        maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
+    """
     return _create("acmix_resnet26", pretrained, **kwargs)
 
 
 @register_model
 def acmix_resnet38(pretrained: bool = False, **kwargs: Any) -> ACmixResNet:
-    """ACmix-ResNet-38: depths 2,3,5,2 (14.41M parameters; the paper gives 14.6M)."""
+    """ACmix-ResNet-38: depths 2,3,5,2 (14.41M parameters; the paper gives 14.6M).
+
+    Args:
+        pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
+            ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
+        **kwargs: [`ACmixResNet`][zoo.acmix_resnet.ACmixResNet] arguments other than ``layers`` (fixed by the
+            variant), and timm's (``features_only``, ``out_indices``, ``pretrained_cfg_overlay``).
+
+    Returns:
+        The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
+        ``features_only=True``, timm's ``FeatureGetterNet`` around it, whose forward returns the four stage
+        maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
+    """
     return _create("acmix_resnet38", pretrained, **kwargs)
 
 
 @register_model
 def acmix_resnet50(pretrained: bool = False, **kwargs: Any) -> ACmixResNet:
-    """ACmix-ResNet-50: depths 3,4,6,3 (18.33M parameters; the paper gives 18.6M)."""
+    """ACmix-ResNet-50: depths 3,4,6,3 (18.33M parameters; the paper gives 18.6M).
+
+    Args:
+        pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
+            ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
+        **kwargs: [`ACmixResNet`][zoo.acmix_resnet.ACmixResNet] arguments other than ``layers`` (fixed by the
+            variant), and timm's (``features_only``, ``out_indices``, ``pretrained_cfg_overlay``).
+
+    Returns:
+        The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
+        ``features_only=True``, timm's ``FeatureGetterNet`` around it, whose forward returns the four stage
+        maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
+    """
     return _create("acmix_resnet50", pretrained, **kwargs)

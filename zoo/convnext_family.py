@@ -166,7 +166,14 @@ class ConvNeXt(Backbone):
                 nn.init.zeros_(module.bias)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        """The patch stem: ``4 x 4`` stride-4 convolution and LayerNorm."""
+        """The patch stem: ``4 x 4`` stride-4 convolution and LayerNorm.
+
+        Args:
+            x: Images ``(B, in_chans, H, W)``.
+
+        Returns:
+            The first stage's input ``(B, C_0, H/4, W/4)`` (``C_0 = dims[0]``; sides rounded down).
+        """
         return self.stem(x)
 
 
@@ -225,12 +232,37 @@ _KW_1X = dict(reduction=0.0625, cell_num_ratio=1, cell_inplane_ratio=1, cell_out
 
 @register_model
 def uo_convnext_tiny(pretrained: bool = False, **kwargs: Any) -> ConvNeXt:
-    """ConvNeXt-T (28.6M parameters, 4.5 GFLOPs) from the DWConv preset; loads timm's ``convnext_tiny``."""
+    """ConvNeXt-T (28.6M parameters, 4.5 GFLOPs) from the DWConv preset; loads timm's ``convnext_tiny``.
+
+    Args:
+        pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
+            ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
+        **kwargs: [`ConvNeXt`][zoo.convnext_family.ConvNeXt] arguments other than ``depths`` (fixed by the
+            variant), and timm's (``features_only``, ``out_indices``, ``pretrained_cfg_overlay``).
+
+    Returns:
+        The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
+        ``features_only=True``, timm's ``FeatureGetterNet`` around it, whose forward returns the four stage
+        maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
+    """
     return build_backbone(ConvNeXt, "uo_convnext_tiny", pretrained, **dict(depths=(3, 3, 9, 3), **kwargs))
 
 
 @register_model
 def kw_convnext_tiny_1x(pretrained: bool = False, **kwargs: Any) -> ConvNeXt:
-    """ConvNeXt-T with KernelWarehouse 1x convolutions (39.37M parameters), the official config."""
+    """ConvNeXt-T with KernelWarehouse 1x convolutions (39.37M parameters), the official config.
+
+    Args:
+        pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
+            ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
+        **kwargs: [`ConvNeXt`][zoo.convnext_family.ConvNeXt] arguments other than ``depths`` (fixed by the
+            variant; a ``kw`` mapping updates the official KW settings), and timm's (``features_only``,
+            ``out_indices``, ``pretrained_cfg_overlay``).
+
+    Returns:
+        The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
+        ``features_only=True``, timm's ``FeatureGetterNet`` around it, whose forward returns the four stage
+        maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
+    """
     kw = {**_KW_1X, "sharing_range": ("layer", "pwconv"), **kwargs.pop("kw", {})}
     return build_backbone(ConvNeXt, "kw_convnext_tiny_1x", pretrained, **dict(depths=(3, 3, 9, 3), kw=kw, **kwargs))

@@ -87,9 +87,16 @@ class KWMobileNetV2(Backbone):
         kw: ``None`` for plain convolutions (timm's MobileNetV2), or a KW setting: ``warehouse`` (the
             [`Warehouse`][unifiedops.warehouse.Warehouse] arguments), optionally ``pointwise_stages``
             and ``kw_classifier``, as in [`KW_CONFIGS`][zoo.kw_mobilenetv2.KW_CONFIGS].
+
+    Shape:
+        ``(B, in_chans, H, W) -> (B, num_classes)``. The stem has stride 2; the four stage maps are the
+        outputs of block rows 1, 2, 4 and 6, ``(B, C_i, H/r_i, W/r_i)`` at ``r_i = 4, 8, 16, 32`` (sizes
+        rounded up), with ``C_i = 24, 32, 96, 320`` times ``width_mult`` (rounded to a multiple of 8).
+        ``forward_features`` ends with ``conv_head``: ``(B, 1280, H/32, W/32)`` for ``width_mult <= 1``.
     """
 
     norm_attr = None
+    stage_attr = "blocks"  # timm's layout: rows of blocks, `blocks.{row}.{block}`
 
     def __init__(
         self,
@@ -190,16 +197,32 @@ class KWMobileNetV2(Backbone):
                 nn.init.zeros_(m.bias)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        """The stride-2 3x3 stem convolution and its BatchNorm + ReLU6."""
+        """The stride-2 3x3 stem convolution and its BatchNorm + ReLU6.
+
+        Args:
+            x: Images ``(B, in_chans, H, W)``.
+
+        Returns:
+            The stem's map ``(B, C, H/2, W/2)``, ``C = 32 * width_mult`` rounded to a multiple of 8.
+        """
         return self.bn1(self.conv_stem(x))
 
     def stage_modules(self) -> Sequence[nn.Module]:
-        """The rows of blocks that end at each stride, as four ``nn.Sequential`` views."""
+        """The rows of blocks that end at each stride, as four ``nn.Sequential`` views.
+
+        Returns:
+            Four new ``nn.Sequential`` over the rows of ``blocks`` (rows 0-1, 2, 3-4, 5-6); they share the
+            rows' modules, so running them runs the model's own blocks.
+        """
         bounds = (0, *(r + 1 for r in _FEATURE_ROWS))
         return [nn.Sequential(*self.blocks[a:b]) for a, b in itertools.pairwise(bounds)]
 
     def prune_stages(self, keep: int) -> None:
-        """Drop the rows after stage ``keep - 1`` and the head convolution."""
+        """Drop the rows after stage ``keep - 1`` and the head convolution.
+
+        Args:
+            keep: Number of stages to keep.
+        """
         del self.blocks[_FEATURE_ROWS[keep - 1] + 1 :]
         self._drop_head_conv()
 
@@ -207,13 +230,31 @@ class KWMobileNetV2(Backbone):
         self.conv_head, self.bn2 = nn.Identity(), nn.Identity()
 
     def forward_norm(self, x: torch.Tensor) -> torch.Tensor:
-        """The final 1x1 convolution to 1280 channels with its BatchNorm + ReLU6."""
+        """The final 1x1 convolution to 1280 channels with its BatchNorm + ReLU6 (timm's place for it).
+
+        Args:
+            x: The last stage's map ``(B, C_3, H/32, W/32)``.
+
+        Returns:
+            ``(B, 1280, H/32, W/32)`` (``1280 * width_mult`` rounded to a multiple of 8 when ``width_mult > 1``);
+            ``x`` itself once ``conv_head`` is pruned.
+        """
         return self.bn2(self.conv_head(x))
 
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
-        """As [`Backbone`][zoo.blocks.Backbone]'s; ``prune_norm`` also drops ``conv_head`` and ``bn2`` (timm)."""
+        """As [`Backbone`][zoo.blocks.Backbone]'s; ``prune_norm`` also drops ``conv_head`` and ``bn2`` (timm).
+
+        Args:
+            indices: Stages to keep features of: an int keeps the last ``n`` of the four, a sequence names
+                them.
+            prune_norm: Remove ``conv_head`` and ``bn2``, the layers ``forward_norm`` runs.
+            prune_head: Remove the classifier.
+
+        Returns:
+            The absolute indices of the stages whose maps ``forward_intermediates`` returns.
+        """
         take = super().prune_intermediate_layers(indices, prune_norm, prune_head)
         if prune_norm:
             self._drop_head_conv()
@@ -227,6 +268,9 @@ def convert_official_mobilenetv2(state_dict: Mapping[str, torch.Tensor]) -> dict
     ``blocks.<row>.<j>`` with ``conv.0.0``/``conv.0.1`` the first convolution and its norm,
     ``conv.1...`` the next; the last ``features`` entry becomes ``conv_head``/``bn2``; ``classifier.1``
     (the 1/2x model's KW classifier behind its dropout) becomes ``classifier``.
+
+    Only the keys change: every tensor is passed through with its shape (a plain kernel stays
+    ``(C_out, C_in, k, k)``, a BatchNorm vector ``(C,)``).
 
     Args:
         state_dict: The official model's ``state_dict()``.

@@ -160,47 +160,151 @@ def _create(variant: str, pretrained: bool, **kwargs: Any) -> KWResNet:
 
 @register_model
 def kw_resnet18_1d4x(pretrained: bool = False, **kwargs: Any) -> KWResNet:
-    """ResNet-18 + KW 1/4x (4.03M parameters; the paper gives 4.08M)."""
+    """ResNet-18 + KW 1/4x (4.03M parameters; the paper gives 4.08M).
+
+    Args:
+        pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
+            ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
+        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments other than ``block`` and ``layers`` (fixed
+            by the variant), replacing the variant's ratios, and timm's (``features_only``, ``out_indices``,
+            ``pretrained_cfg_overlay``).
+
+    Returns:
+        The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
+        ``features_only=True``, timm's ``FeatureGetterNet`` around it, whose forward returns the four stage
+        maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
+    """
     return _create("kw_resnet18_1d4x", pretrained, **kwargs)
 
 
 @register_model
 def kw_resnet18_1d2x(pretrained: bool = False, **kwargs: Any) -> KWResNet:
-    """ResNet-18 + KW 1/2x (7.43M parameters)."""
+    """ResNet-18 + KW 1/2x (7.43M parameters).
+
+    Args:
+        pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
+            ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
+        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments other than ``block`` and ``layers`` (fixed
+            by the variant), replacing the variant's ratios, and timm's (``features_only``, ``out_indices``,
+            ``pretrained_cfg_overlay``).
+
+    Returns:
+        The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
+        ``features_only=True``, timm's ``FeatureGetterNet`` around it, whose forward returns the four stage
+        maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
+    """
     return _create("kw_resnet18_1d2x", pretrained, **kwargs)
 
 
 @register_model
 def kw_resnet18_1x(pretrained: bool = False, **kwargs: Any) -> KWResNet:
-    """ResNet-18 + KW 1x (11.93M parameters)."""
+    """ResNet-18 + KW 1x (11.93M parameters).
+
+    Args:
+        pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
+            ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
+        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments other than ``block`` and ``layers`` (fixed
+            by the variant), replacing the variant's ratios, and timm's (``features_only``, ``out_indices``,
+            ``pretrained_cfg_overlay``).
+
+    Returns:
+        The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
+        ``features_only=True``, timm's ``FeatureGetterNet`` around it, whose forward returns the four stage
+        maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
+    """
     return _create("kw_resnet18_1x", pretrained, **kwargs)
 
 
 @register_model
 def kw_resnet18_2x(pretrained: bool = False, **kwargs: Any) -> KWResNet:
-    """ResNet-18 + KW 2x (23.24M parameters)."""
+    """ResNet-18 + KW 2x (23.24M parameters).
+
+    Args:
+        pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
+            ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
+        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments other than ``block`` and ``layers`` (fixed
+            by the variant), replacing the variant's ratios, and timm's (``features_only``, ``out_indices``,
+            ``pretrained_cfg_overlay``).
+
+    Returns:
+        The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
+        ``features_only=True``, timm's ``FeatureGetterNet`` around it, whose forward returns the four stage
+        maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
+    """
     return _create("kw_resnet18_2x", pretrained, **kwargs)
 
 
 @register_model
 def kw_resnet18_4x(pretrained: bool = False, **kwargs: Any) -> KWResNet:
-    """ResNet-18 + KW 4x (45.86M parameters)."""
+    """ResNet-18 + KW 4x (45.86M parameters).
+
+    Args:
+        pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
+            ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
+        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments other than ``block`` and ``layers`` (fixed
+            by the variant), replacing the variant's ratios, and timm's (``features_only``, ``out_indices``,
+            ``pretrained_cfg_overlay``).
+
+    Returns:
+        The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
+        ``features_only=True``, timm's ``FeatureGetterNet`` around it, whose forward returns the four stage
+        maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
+    """
     return _create("kw_resnet18_4x", pretrained, **kwargs)
 
 
 @register_model
 def kw_resnet50_1d2x(pretrained: bool = False, **kwargs: Any) -> KWResNet:
-    """ResNet-50 + KW 1/2x (17.64M parameters)."""
+    """ResNet-50 + KW 1/2x (17.64M parameters).
+
+    Args:
+        pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
+            ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
+        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments other than ``block`` and ``layers`` (fixed
+            by the variant), replacing the variant's ratios, and timm's (``features_only``, ``out_indices``,
+            ``pretrained_cfg_overlay``).
+
+    Returns:
+        The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
+        ``features_only=True``, timm's ``FeatureGetterNet`` around it, whose forward returns the four stage
+        maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
+    """
     return _create("kw_resnet50_1d2x", pretrained, **kwargs)
 
 
 @register_model
 def kw_resnet50_1x(pretrained: bool = False, **kwargs: Any) -> KWResNet:
-    """ResNet-50 + KW 1x (28.05M parameters)."""
+    """ResNet-50 + KW 1x (28.05M parameters).
+
+    Args:
+        pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
+            ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
+        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments other than ``block`` and ``layers`` (fixed
+            by the variant), replacing the variant's ratios, and timm's (``features_only``, ``out_indices``,
+            ``pretrained_cfg_overlay``).
+
+    Returns:
+        The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
+        ``features_only=True``, timm's ``FeatureGetterNet`` around it, whose forward returns the four stage
+        maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
+    """
     return _create("kw_resnet50_1x", pretrained, **kwargs)
 
 
 @register_model
 def kw_resnet50_4x(pretrained: bool = False, **kwargs: Any) -> KWResNet:
-    """ResNet-50 + KW 4x (102.02M parameters)."""
+    """ResNet-50 + KW 4x (102.02M parameters).
+
+    Args:
+        pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
+            ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
+        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments other than ``block`` and ``layers`` (fixed
+            by the variant), replacing the variant's ratios, and timm's (``features_only``, ``out_indices``,
+            ``pretrained_cfg_overlay``).
+
+    Returns:
+        The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
+        ``features_only=True``, timm's ``FeatureGetterNet`` around it, whose forward returns the four stage
+        maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
+    """
     return _create("kw_resnet50_4x", pretrained, **kwargs)

@@ -54,8 +54,9 @@ class ConvEmbed(PatchEmbed):
         patch_size: Total stride; the first stem conv takes half of it, ``proj`` the other half.
 
     Shape:
-        ``(B, in_chans, H, W) -> (B, ceil(H/p), ceil(W/p), C)`` (channels-last); the input is
-        zero-padded at the bottom and right to a multiple of ``patch_size``.
+        ``(B, in_chans, H, W) -> (B, H', W', C)`` (channels-last) with ``H' = ceil(H/p)``,
+        ``W' = ceil(W/p)``, ``p = patch_size``; the input is zero-padded at the bottom and right to a
+        multiple of ``patch_size``.
     """
 
     def __init__(self, in_chans: int, embed_dim: int, patch_size: int = 4) -> None:
@@ -71,7 +72,14 @@ class ConvEmbed(PatchEmbed):
         self.stem = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pad to a multiple of ``patch_size``, then stem, ``proj`` and ``norm``; channels-last out."""
+        """Pad to a multiple of ``patch_size``, then stem, ``proj`` and ``norm``; channels-last out.
+
+        Args:
+            x: Images ``(B, in_chans, H, W)``.
+
+        Returns:
+            The embedded map ``(B, H', W', C)``, ``H' = ceil(H/p)``, ``W' = ceil(W/p)``, ``C = embed_dim``.
+        """
         pad_h, pad_w = (-x.shape[-2]) % self.patch_size, (-x.shape[-1]) % self.patch_size
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
@@ -86,8 +94,8 @@ class ConvMerging(nn.Module):
         out_dim: Output channels.
 
     Shape:
-        ``(B, dim, H, W) -> (B, out_dim, H/2, W/2)``; ``H`` and ``W`` must be even (the official
-        layer asserts it and pads nothing), otherwise a ``ValueError``.
+        ``(B, C, H, W) -> (B, C_out, H/2, W/2)`` with ``C = dim``, ``C_out = out_dim``; ``H`` and ``W``
+        must be even (the official layer asserts it and pads nothing), otherwise a ``ValueError``.
     """
 
     layout = "NCHW"
@@ -98,6 +106,17 @@ class ConvMerging(nn.Module):
         self.reduction = nn.Conv2d(dim, out_dim, 2, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise, then halve the map with the stride-2 ``reduction``.
+
+        Args:
+            x: A channels-first map ``(B, C, H, W)`` with even ``H`` and ``W``.
+
+        Returns:
+            ``(B, C_out, H/2, W/2)``.
+
+        Raises:
+            ValueError: If ``H`` or ``W`` is odd.
+        """
         h, w = x.shape[-2:]
         if h % 2 or w % 2:
             raise ValueError(
@@ -228,15 +247,27 @@ class MixFormer(Backbone):
                 nn.init.zeros_(module.bias)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        """Conv stem and its dropout; a channels-last map of stride 4."""
+        """Conv stem and its dropout; a channels-last map of stride 4.
+
+        Args:
+            x: Images ``(B, in_chans, H, W)``.
+
+        Returns:
+            The first stage's input ``(B, H/4, W/4, C)`` (sides rounded up, ``C = embed_dim``).
+        """
         return self.pos_drop(self.patch_embed(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``last_proj`` and GELU at every position, then pooling, dropout and ``head``.
 
         Args:
-            x: The output of ``forward_features``.
+            x: The output of ``forward_features``, channels-last ``(B, h, w, num_features)``
+                (``num_features = 8C``).
             pre_logits: Return the pooled ``head_hidden_size`` features before ``head``.
+
+        Returns:
+            Logits ``(B, num_classes)``, or with ``pre_logits`` the pooled features ``(B, 1280)``
+            (``(B, head_hidden_size)``; ``(B, 8C)`` without ``last_proj``).
         """
         return super().forward_head(self.activate(self.last_proj(x)), pre_logits)
 
@@ -276,23 +307,71 @@ def _create(variant: str, pretrained: bool, **kwargs: Any) -> MixFormer:
 
 @register_model
 def mixformer_b0(pretrained: bool = False, **kwargs: Any) -> MixFormer:
-    """MixFormer-B0: C 24, depths 1-2-6-6, heads 3-6-12-24 (5.10 M parameters, 0.4 G MACs)."""
+    """MixFormer-B0: C 24, depths 1-2-6-6, heads 3-6-12-24 (5.10 M parameters, 0.4 G MACs).
+
+    Args:
+        pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
+            ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
+        **kwargs: [`MixFormer`][zoo.mixformer.MixFormer] arguments, replacing the variant's, and timm's
+            (``features_only``, ``out_indices``, ``pretrained_cfg_overlay``).
+
+    Returns:
+        The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
+        ``features_only=True``, timm's ``FeatureGetterNet`` around it, whose forward returns the four stage
+        maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
+    """
     return _create("mixformer_b0", pretrained, **kwargs)
 
 
 @register_model
 def mixformer_b1(pretrained: bool = False, **kwargs: Any) -> MixFormer:
-    """MixFormer-B1: C 32, depths 1-2-6-6, heads 2-4-8-16 (7.89 M parameters, 0.7 G MACs)."""
+    """MixFormer-B1: C 32, depths 1-2-6-6, heads 2-4-8-16 (7.89 M parameters, 0.7 G MACs).
+
+    Args:
+        pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
+            ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
+        **kwargs: [`MixFormer`][zoo.mixformer.MixFormer] arguments, replacing the variant's, and timm's
+            (``features_only``, ``out_indices``, ``pretrained_cfg_overlay``).
+
+    Returns:
+        The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
+        ``features_only=True``, timm's ``FeatureGetterNet`` around it, whose forward returns the four stage
+        maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
+    """
     return _create("mixformer_b1", pretrained, **kwargs)
 
 
 @register_model
 def mixformer_b2(pretrained: bool = False, **kwargs: Any) -> MixFormer:
-    """MixFormer-B2: C 32, depths 2-2-8-8, heads 2-4-8-16 (9.89 M parameters, 0.9 G MACs)."""
+    """MixFormer-B2: C 32, depths 2-2-8-8, heads 2-4-8-16 (9.89 M parameters, 0.9 G MACs).
+
+    Args:
+        pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
+            ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
+        **kwargs: [`MixFormer`][zoo.mixformer.MixFormer] arguments, replacing the variant's, and timm's
+            (``features_only``, ``out_indices``, ``pretrained_cfg_overlay``).
+
+    Returns:
+        The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
+        ``features_only=True``, timm's ``FeatureGetterNet`` around it, whose forward returns the four stage
+        maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
+    """
     return _create("mixformer_b2", pretrained, **kwargs)
 
 
 @register_model
 def mixformer_b3(pretrained: bool = False, **kwargs: Any) -> MixFormer:
-    """MixFormer-B3: C 48, depths 2-2-8-6, heads 3-6-12-24 (16.75 M parameters, 1.9 G MACs)."""
+    """MixFormer-B3: C 48, depths 2-2-8-6, heads 3-6-12-24 (16.75 M parameters, 1.9 G MACs).
+
+    Args:
+        pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
+            ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
+        **kwargs: [`MixFormer`][zoo.mixformer.MixFormer] arguments, replacing the variant's, and timm's
+            (``features_only``, ``out_indices``, ``pretrained_cfg_overlay``).
+
+    Returns:
+        The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
+        ``features_only=True``, timm's ``FeatureGetterNet`` around it, whose forward returns the four stage
+        maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
+    """
     return _create("mixformer_b3", pretrained, **kwargs)

@@ -1,7 +1,7 @@
 """UniFormer: convolution-style local and attention-style global relation aggregators in one network.
 
 From "UniFormer: Unifying Convolution and Self-attention for Visual Recognition" (Li, Wang, Song,
-Gao, Liu, Qiao; ICLR 2022, arXiv 2201.09450; official code Sense-X/UniFormer,
+Gao, Liu, Qiao; IEEE TPAMI 2023, arXiv 2201.09450; official code Sense-X/UniFormer,
 ``image_classification/models/uniformer.py``, Apache-2.0). Four stages, each a non-overlapping
 patch embedding (a strided convolution and LayerNorm) and a run of blocks; a final BatchNorm.
 
@@ -103,7 +103,7 @@ def uniformer_attention_block(
 
 
 class UniFormer(FlatBackbone):
-    """UniFormer (Li et al., ICLR 2022), with the default (non-overlapping) patch embeddings.
+    """UniFormer (Li et al., TPAMI 2023), with the default (non-overlapping) patch embeddings.
 
     Args:
         depths: Blocks per stage.
@@ -183,7 +183,17 @@ class UniFormer(FlatBackbone):
         self.apply(partial(init_weights_vit_timm, needs_reset=False))
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        """Check the input is large enough for the four patch embeddings (the identity otherwise)."""
+        """Check the input is large enough for the four patch embeddings (the identity otherwise).
+
+        Args:
+            x: Images ``(B, 3, H, W)`` (3 is ``in_chans``).
+
+        Returns:
+            ``x`` unchanged: stage 0 starts with its own patch embedding.
+
+        Raises:
+            ValueError: If ``H`` or ``W`` is below the last stage's stride (32 with four stages).
+        """
         reduction = self.feature_info[-1]["reduction"]
         if x.shape[-1] < reduction or x.shape[-2] < reduction:
             raise ValueError(f"UniFormer needs an input of at least {reduction}x{reduction}, got {tuple(x.shape[-2:])}")

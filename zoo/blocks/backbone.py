@@ -8,6 +8,7 @@ official parameter names; [`Backbone`][zoo.blocks.Backbone] supplies ``forward_f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -29,6 +30,16 @@ class Backbone(nn.Module):
     ``forward_stem``, and either keep their stages in a ``ModuleList`` of
     [`Stage`][zoo.blocks.Stage] named by ``stage_attr`` or override ``forward_stage``;
     ``forward_norm`` applies the module at ``norm_attr`` if there is one.
+
+    The methods below are timm's model interface; they are documented here once, with the shapes
+    every family follows. Stage ``i`` (from 0) has ``C_i = feature_info[i]["num_chs"]`` channels at
+    stride ``r_i = feature_info[i]["reduction"]`` (4, 8, 16, 32 in every zoo family), so its map is
+    ``(B, C_i, H/r_i, W/r_i)`` (rounded up where a layer pads), or ``(B, H/r_i, W/r_i, C_i)`` when
+    ``output_fmt`` is ``"NHWC"``.
+
+    Shape:
+        ``forward``: ``(B, in_chans, H, W) -> (B, num_classes)``, or the pooled features
+        ``(B, head_hidden_size)`` when ``num_classes=0``.
 
     Attributes:
         output_fmt: Layout of the map ``forward_features`` returns (``"NCHW"``, or ``"NHWC"`` for
@@ -116,22 +127,43 @@ class Backbone(nn.Module):
     # -- family hooks ---------------------------------------------------------------------------
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        """Image to the first stage's input (override)."""
+        """Image to the first stage's input; every family overrides it.
+
+        Args:
+            x: Images ``(B, in_chans, H, W)``.
+
+        Returns:
+            The input of stage 0 in ``output_fmt``: usually the patch-embedded map ``(B, C_0, H/4, W/4)``
+            (``(B, H/4, W/4, C_0)`` for ``"NHWC"``); a family whose first stage embeds its own patches
+            returns ``x`` unchanged.
+
+        Raises:
+            NotImplementedError: On the base class.
+        """
         raise NotImplementedError
 
     def stage_modules(self) -> Sequence[nn.Module]:
-        """The stage modules the default ``forward_stage`` runs."""
+        """The stage modules the default ``forward_stage`` runs.
+
+        Returns:
+            The module named by ``stage_attr`` (a ``ModuleList`` of [`Stage`][zoo.blocks.Stage]s), one
+            entry per stage.
+        """
         return getattr(self, self.stage_attr)
 
     def forward_stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Stage ``index``: from the previous stage's feature map to this stage's.
 
+        A stage whose downsampling runs after its blocks (``downsample_last``) has its feature map
+        before that layer; the layer then runs at the start of the next stage's ``forward_stage``.
+
         Args:
             index: Stage index, from 0.
-            x: The previous stage's feature map (the stem's output for stage 0), in ``output_fmt``.
+            x: The previous stage's feature map ``(B, C_{i-1}, H/r_{i-1}, W/r_{i-1})`` (the stem's output
+                for stage 0), in ``output_fmt``.
 
         Returns:
-            This stage's feature map, in ``output_fmt``.
+            This stage's feature map ``(B, C_i, H/r_i, W/r_i)``, in ``output_fmt``.
         """
         stages = self.stage_modules()
         layout = self.output_fmt
@@ -162,14 +194,26 @@ class Backbone(nn.Module):
                 last.downsample = nn.Identity()
 
     def forward_norm(self, x: torch.Tensor) -> torch.Tensor:
-        """The final norm on the last stage's map."""
+        """The final norm (the module at ``norm_attr``) on the last stage's map.
+
+        Args:
+            x: The last stage's map ``(B, C_last, H/32, W/32)``, in ``output_fmt``.
+
+        Returns:
+            The normalised map, same shape and layout (``x`` itself when there is no final norm).
+        """
         norm = getattr(self, self.norm_attr) if self.norm_attr else None
         return x if norm is None else norm(x)
 
     # -- timm interface -------------------------------------------------------------------------
 
     def get_classifier(self) -> nn.Module:
-        """The classifier layer."""
+        """The classifier layer.
+
+        Returns:
+            The module at ``classifier_name``: a ``Linear`` from ``head_hidden_size`` to ``num_classes``,
+            or ``nn.Identity`` when ``num_classes=0``.
+        """
         return self.get_submodule(self.classifier_name)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False) -> None:
@@ -190,7 +234,11 @@ class Backbone(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in the backward pass instead of storing its activations."""
+        """Recompute each block in the backward pass instead of storing its activations.
+
+        Args:
+            enable: Turn checkpointing on (``True``) or off.
+        """
         self.grad_checkpointing = enable
         for module in self.modules():
             if isinstance(module, Stage):
@@ -198,18 +246,52 @@ class Backbone(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        """Regexes grouping parameters into stem and stages (for layer-wise learning-rate decay)."""
+        """Regexes grouping parameters into stem and stages (for layer-wise learning-rate decay).
+
+        timm's ``group_parameters`` orders the groups by the numbers the regexes capture, so every
+        capture is a number: ``(stage,)`` with ``coarse``, else ``(stage, block)``, with a stage's
+        downsampling first and the final norm last. Parameters no regex matches (a KernelWarehouse
+        model's shared cells, the head) form the last group.
+
+        Args:
+            coarse: Group by stage rather than by block.
+
+        Returns:
+            timm's matcher dict: ``stem``, a regex over the stem's top-level names, and ``blocks``,
+            a regex (``coarse``) or a list of ``(regex, fixed order)`` pairs.
+        """
         names = [name for name, _ in self.named_children()]
         stem = [n for n in names if n.startswith(("stem", "patch_embed", "conv1", "bn1", "conv_stem"))]
-        return dict(stem=r"^(" + "|".join(stem) + r")" if stem else r"^stem", blocks=r"^(\D+)(\d+)")
+        stage = re.escape(self.stage_attr)
+        if coarse:
+            blocks: str | list = rf"^{stage}\.(\d+)"
+        else:
+            blocks = [
+                (rf"^{stage}\.(\d+)\.downsample", (0,)),
+                (rf"^{stage}\.(\d+)\.(?:blocks\.)?(\d+)", None),
+                (r"^(?:norm|conv_head|bn2|last_proj)", (99999,)),
+            ]
+        return dict(stem=r"^(?:" + "|".join(stem) + r")" if stem else r"^stem", blocks=blocks)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """Names of parameters to exclude from weight decay."""
+        """Names of parameters to exclude from weight decay.
+
+        Returns:
+            The full names of the parameters whose last component is in ``no_weight_decay_keys``.
+        """
         return {name for name, _ in self.named_parameters() if name.rsplit(".", 1)[-1] in self.no_weight_decay_keys}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Stem, stages and final norm; the unpooled map in ``output_fmt``."""
+        """Stem, stages and final norm; the unpooled map in ``output_fmt``.
+
+        Args:
+            x: Images ``(B, in_chans, H, W)``.
+
+        Returns:
+            The final map ``(B, num_features, H/32, W/32)``, or ``(B, H/32, W/32, num_features)`` when
+            ``output_fmt`` is ``"NHWC"`` (after ``prune_intermediate_layers``, the last kept stage's).
+        """
         x = self.forward_stem(x)
         for index in range(self._active_stages):
             x = self.forward_stage(index, x)
@@ -219,8 +301,13 @@ class Backbone(nn.Module):
         """Pool, head norm, dropout and classifier.
 
         Args:
-            x: The output of ``forward_features``.
+            x: The output of ``forward_features``, ``(B, num_features, h, w)`` or ``(B, h, w, num_features)``
+                as ``output_fmt`` says.
             pre_logits: Return the features before the classifier.
+
+        Returns:
+            Logits ``(B, num_classes)``, or with ``pre_logits`` the pooled features ``(B, head_hidden_size)``.
+            With ``global_pool=""`` nothing is pooled and the map keeps its spatial dimensions.
         """
         x = self.global_pool(x)
         if self.head_norm_name is not None:
@@ -234,6 +321,14 @@ class Backbone(nn.Module):
         return x if pre_logits else self.get_classifier()(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Classify images: ``forward_head(forward_features(x))``.
+
+        Args:
+            x: Images ``(B, in_chans, H, W)``.
+
+        Returns:
+            Logits ``(B, num_classes)`` (the pooled features ``(B, head_hidden_size)`` when ``num_classes=0``).
+        """
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
@@ -256,7 +351,9 @@ class Backbone(nn.Module):
             intermediates_only: Return only the list of maps.
 
         Returns:
-            The list of maps, or ``(final features, maps)``.
+            The list of maps ``(B, C_i, H/r_i, W/r_i)`` (``(B, H/r_i, W/r_i, C_i)`` for ``"NHWC"``), or
+            ``(final features, maps)``: the map of the last stage run, through the final norm when that is
+            the last stage (then it equals ``forward_features(x)``).
         """
         if output_fmt not in LAYOUTS:
             raise ValueError(f"output_fmt must be one of {LAYOUTS}, got {output_fmt!r}")
@@ -287,7 +384,7 @@ class Backbone(nn.Module):
             prune_head: Remove the classifier.
 
         Returns:
-            The absolute indices kept.
+            The absolute indices of the stages whose maps ``forward_intermediates`` returns.
         """
         take, max_index = feature_take_indices(self._active_stages, indices)
         prune_end = max_index < self._active_stages - 1

@@ -147,6 +147,15 @@ class Block(nn.Module):
         return x, layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the branches in order, each on the previous one's output.
+
+        Args:
+            x: A map in the block's ``layout``: ``(B, C, H, W)`` or, channels-last, ``(B, H, W, C)``.
+
+        Returns:
+            The output in the same layout, ``(B, C', H', W')`` or ``(B, H', W', C')``: the input's shape
+            unless a branch changes it (a ``shortcut`` that downsamples, or a branch without residual).
+        """
         for plan in self._plan:
             out, layout = self._run(plan["steps"], x, self.layout)
             out = convert_layout(out, layout, self.layout)

@@ -84,11 +84,30 @@ class FlatBackbone(Backbone):
         self.set_feature_info(embed_dims, reductions, [names[feature_layer] for names in self.stage_layers])
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        """The identity: the first stage starts with its own patch embedding."""
+        """The identity: the first stage starts with its own patch embedding.
+
+        Args:
+            x: Images ``(B, 3, H, W)`` (3 is ``in_chans``).
+
+        Returns:
+            ``x`` unchanged.
+        """
         return x
 
     def forward_stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """Run the layers of stage ``index``, from the previous stage's map to this stage's, in ``output_fmt``."""
+        """Run the layers of stage ``index``, from the previous stage's map to this stage's, in ``output_fmt``.
+
+        Each layer gets the layout it reads; the blocks of a ``ModuleList`` are checkpointed one by one
+        under ``set_grad_checkpointing``.
+
+        Args:
+            index: Stage index, from 0.
+            x: The images ``(B, in_chans, H, W)`` for stage 0, else the previous stage's map
+                ``(B, C_{i-1}, H/r_{i-1}, W/r_{i-1})``.
+
+        Returns:
+            This stage's map ``(B, C_i, H/r_i, W/r_i)`` (``r_i = 4 * 2**i``), in ``output_fmt``.
+        """
         layout = self.output_fmt
         for name in self.stage_layers[index]:
             module = getattr(self, name)
@@ -104,7 +123,11 @@ class FlatBackbone(Backbone):
         return convert_layout(x, layout, self.output_fmt)
 
     def prune_stages(self, keep: int) -> None:
-        """Delete the layers of the stages from ``keep`` on."""
+        """Delete the layers of the stages from ``keep`` on.
+
+        Args:
+            keep: Number of stages to keep.
+        """
         for names in self.stage_layers[keep:]:
             for name in names:
                 delattr(self, name)
@@ -116,6 +139,14 @@ class FlatBackbone(Backbone):
 
         The stem is the first stage's first layer; other layers are grouped by the stage number
         that ends their name (``block3.4`` belongs to stage 3, block 4).
+
+        Args:
+            coarse: One group per stage instead of one per block. Grouping by block, the layers of a stage
+                that are not blocks (``patch_embed2``, ``norm2``) join the group of its last block.
+
+        Returns:
+            timm's matcher dict: ``stem`` and ``blocks`` (a regex, or a list of ``(regex, suffix)``
+            pairs when grouping by block).
         """
         names = [name for stage in self.stage_layers for name in stage]
         prefixes = {re.sub(r"\d+$", "", name) for name in names}

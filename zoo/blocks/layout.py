@@ -34,6 +34,14 @@ class BatchNormChannelsLast(nn.BatchNorm2d):
     layout = "NHWC"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise each channel of a channels-last map.
+
+        Args:
+            x: A map ``(B, H, W, C)``.
+
+        Returns:
+            The normalised map ``(B, H, W, C)`` (a permuted view of a channels-first result).
+        """
         return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
@@ -73,12 +81,12 @@ def convert_layout(x: torch.Tensor, source: str, target: str | None) -> torch.Te
     """Permute a 4-D map from one layout to another (a view; no copy).
 
     Args:
-        x: A map in layout ``source``.
+        x: A map in layout ``source``: ``(B, C, H, W)`` for ``"NCHW"``, ``(B, H, W, C)`` for ``"NHWC"``.
         source: Its layout.
         target: The layout wanted; ``None`` keeps ``source``.
 
     Returns:
-        ``x`` in layout ``target``.
+        ``x`` in layout ``target`` (``x`` itself when the layouts agree).
     """
     if target is None or target == source:
         return x

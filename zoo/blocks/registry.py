@@ -113,5 +113,25 @@ def _entrypoint(model_cls: type[nn.Module], name: str, arch: dict[str, Any], mod
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__module__ = module
     args = ", ".join(f"{k}={v!r}" for k, v in arch.items())
-    entrypoint.__doc__ = f"``{name}``: ``{model_cls.__name__}({args})``; keyword arguments override these."
+    entrypoint.__doc__ = _ENTRYPOINT_DOC.format(name=name, cls=model_cls.__name__, args=args)
     return entrypoint
+
+
+# Shapes are stated for images and the timm feature wrapper, whose maps are channels-first for every model.
+_ENTRYPOINT_DOC = """``{name}``: ``{cls}({args})``; keyword arguments override these.
+
+Registered with timm: ``timm.create_model("{name}", ...)`` calls it.
+
+Args:
+    pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
+        ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
+    **kwargs: ``{cls}`` arguments, replacing the variant's (``num_classes``, ``in_chans``,
+        ``drop_path_rate``, ...), and timm's (``features_only``, ``out_indices``, ``pretrained_cfg_overlay``).
+
+Returns:
+    The ``{cls}``: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``, or
+    to the pooled features ``(B, head_hidden_size)`` with ``num_classes=0``. With ``features_only=True``,
+    timm's ``FeatureGetterNet`` around it, whose forward returns the list of stage maps
+    ``(B, C_i, H/r_i, W/r_i)`` (channels-first) picked by ``out_indices`` (all four by default), with
+    ``C_i`` and ``r_i`` as its ``feature_info`` lists them (strides 4, 8, 16, 32 in every zoo family).
+"""

@@ -228,26 +228,57 @@ class ResNetLayout(Backbone):
     # -- Backbone hooks -------------------------------------------------------------------------
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        """``conv1``, ``bn1``, ``act1``, ``maxpool``: the image at stride 4."""
+        """``conv1``, ``bn1``, ``act1``, ``maxpool``: the image at stride 4.
+
+        Args:
+            x: Images ``(B, 3, H, W)`` (3 is ``in_chans``).
+
+        Returns:
+            The stem's map ``(B, C, H/4, W/4)``, ``C = stem_width`` (sizes rounded up at each stride-2 layer).
+        """
         return self.maxpool(self.act1(self.bn1(self.conv1(x))))
 
     def stage_modules(self) -> list[nn.Module]:
-        """``layer1`` ... ``layer4``."""
+        """The four stages.
+
+        Returns:
+            ``[layer1, layer2, layer3, layer4]``, each an ``nn.Sequential`` of blocks (or ``nn.Identity``
+            once pruned).
+        """
         return [getattr(self, f"layer{i}") for i in range(1, 5)]
 
     def forward_stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """Stage ``index`` (``layer{index + 1}``), recomputed in backward with grad checkpointing."""
+        """Stage ``index`` (``layer{index + 1}``), recomputed in backward with grad checkpointing.
+
+        Args:
+            index: Stage index, from 0.
+            x: The stem's map for stage 0, else the previous stage's map.
+
+        Returns:
+            This stage's map ``(B, C_i, H/r_i, W/r_i)``, ``C_i = widths[i] * expansion``, ``r_i = 4, 8, 16, 32``.
+        """
         stage = self.stage_modules()[index]
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(stage, x)
         return stage(x)
 
     def prune_stages(self, keep: int) -> None:
-        """Replace the stages after the first ``keep`` with ``nn.Identity`` (as timm's ResNet)."""
+        """Replace the stages after the first ``keep`` with ``nn.Identity`` (as timm's ResNet).
+
+        Args:
+            keep: Number of stages to keep.
+        """
         for i in range(keep + 1, 5):
             setattr(self, f"layer{i}", nn.Identity())
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        """timm's ResNet groups: the stem, then each stage (``coarse``) or each block."""
+        """timm's ResNet groups: the stem, then each stage (``coarse``) or each block.
+
+        Args:
+            coarse: One group per stage (``layer{s}``) instead of one per block (``layer{s}.{b}``).
+
+        Returns:
+            timm's matcher dict with the regexes ``stem`` and ``blocks``.
+        """
         return dict(stem=r"^conv1|bn1|maxpool", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")

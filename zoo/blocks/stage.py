@@ -27,7 +27,9 @@ class PatchEmbed(nn.Module):
         output_fmt: Layout of the output, ``"NCHW"`` or ``"NHWC"``.
 
     Shape:
-        ``(B, in_chans, H, W) -> (B, embed_dim, H', W')`` in ``output_fmt``.
+        ``(B, in_chans, H, W) -> (B, C, H', W')``, or ``(B, H', W', C)`` when ``output_fmt`` is ``"NHWC"``,
+        with ``C = embed_dim``, ``H' = (H + 2 * padding - patch_size) // s + 1`` and ``W'`` alike, where
+        ``s = stride or patch_size``.
     """
 
     def __init__(
@@ -48,6 +50,14 @@ class PatchEmbed(nn.Module):
         self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embed the patches, normalise in the layout the norm reads, return in ``output_fmt``.
+
+        Args:
+            x: Images or maps ``(B, in_chans, H, W)``, channels-first.
+
+        Returns:
+            ``(B, C, H', W')`` (``"NCHW"``) or ``(B, H', W', C)`` (``"NHWC"``), ``C = embed_dim``.
+        """
         x = self.proj(x)
         layout = infer_layout(self.norm) or "NCHW"
         x = self.norm(convert_layout(x, "NCHW", layout))
@@ -79,13 +89,24 @@ class PatchMerging(nn.Module):
         out_dim: int | None = None,
         norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
         pad_odd: bool = False,
-    ):
+    ) -> None:
         super().__init__()
         self.pad_odd = pad_odd
         self.norm = norm_layer(4 * dim)
         self.reduction = nn.Linear(4 * dim, out_dim or 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Merge each ``2 x 2`` neighbourhood into one position.
+
+        Args:
+            x: A channels-last map ``(B, H, W, C)``.
+
+        Returns:
+            ``(B, ceil(H/2), ceil(W/2), out_dim)``, channels-last.
+
+        Raises:
+            ValueError: If ``H`` or ``W`` is odd and ``pad_odd`` is ``False``.
+        """
         B, H, W, C = x.shape
         if H % 2 or W % 2:
             if not self.pad_odd:
@@ -107,10 +128,15 @@ class Stage(nn.Module):
             before a trailing downsample.
 
     Shape:
-        The blocks' shapes; the stream's layout is the blocks' (``downsample`` is converted to).
+        ``(B, C, H, W) -> (B, C', H', W')``, or channels-last ``(B, H, W, C) -> (B, H', W', C')`` when the
+        blocks read that layout (the stage's ``layout``); ``downsample`` gets its input converted to the
+        layout it reads. ``H'``, ``W'`` and ``C'`` are what ``downsample`` and the blocks make of them
+        (halved sizes and doubled channels for the usual downsampling layers).
     """
 
-    def __init__(self, blocks: Sequence[nn.Module], downsample: nn.Module | None = None, downsample_last: bool = False):
+    def __init__(
+        self, blocks: Sequence[nn.Module], downsample: nn.Module | None = None, downsample_last: bool = False
+    ) -> None:
         super().__init__()
         self.downsample = downsample if downsample is not None else nn.Identity()
         self.downsample_last = downsample_last
@@ -128,7 +154,15 @@ class Stage(nn.Module):
         return convert_layout(x, wanted or self.layout, self.layout)
 
     def forward_body(self, x: torch.Tensor) -> torch.Tensor:
-        """The stage up to its feature map: a leading downsample, then the blocks."""
+        """The stage up to its feature map: a leading downsample, then the blocks.
+
+        Args:
+            x: The stage's input, in the stage's ``layout``: ``(B, C, H, W)`` or ``(B, H, W, C)``.
+
+        Returns:
+            The stage's feature map in the same layout: ``(B, C', H', W')`` or ``(B, H', W', C')`` after a
+            leading downsample, the input's shape otherwise.
+        """
         if not self.downsample_last:
             x = self._downsample(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -136,8 +170,23 @@ class Stage(nn.Module):
         return self.blocks(x)
 
     def forward_tail(self, x: torch.Tensor) -> torch.Tensor:
-        """What follows the feature map: the trailing downsample, if the stage has one."""
+        """What follows the feature map: the trailing downsample, if the stage has one.
+
+        Args:
+            x: The output of ``forward_body``, in the stage's ``layout``: ``(B, C, H, W)`` or ``(B, H, W, C)``.
+
+        Returns:
+            The input of the next stage in the same layout (``x`` itself without a trailing downsample).
+        """
         return self._downsample(x) if self.downsample_last else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The whole stage: ``forward_tail(forward_body(x))``.
+
+        Args:
+            x: The stage's input, in the stage's ``layout``: ``(B, C, H, W)`` or ``(B, H, W, C)``.
+
+        Returns:
+            The input of the next stage, same layout: ``(B, C', H', W')`` or ``(B, H', W', C')``.
+        """
         return self.forward_tail(self.forward_body(x))

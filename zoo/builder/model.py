@@ -148,7 +148,18 @@ class SpecBackbone(Backbone):
                 del state_dict[key]
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch embedding: ``(B, in_chans, H, W)`` to the first stage's map in ``spec.layout``."""
+        """Patch embedding: ``(B, in_chans, H, W)`` to the first stage's map in ``spec.layout``.
+
+        Args:
+            x: Images ``(B, in_chans, H, W)``.
+
+        Returns:
+            ``(B, C_0, H/p, W/p)``, or ``(B, H/p, W/p, C_0)`` when ``spec.layout`` is ``"NHWC"``, with
+            ``C_0 = spec.dims[0]`` and ``p = spec.patch_size`` (sides rounded down).
+
+        Raises:
+            ValueError: If ``x`` is not ``(B, in_chans, H, W)`` or is smaller than one patch.
+        """
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"x must be (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
         if min(x.shape[2:]) < self.spec.patch_size:

@@ -90,7 +90,11 @@ class StageSpec:
             raise ValueError(f"mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The stage as a plain dict (the inverse of ``StageSpec(**d)``)."""
+        """The stage as a plain dict (the inverse of ``StageSpec(**d)``).
+
+        Returns:
+            One entry per field; ``mixer_kwargs`` and ``block_kwargs`` as new ``dict``s.
+        """
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["mixer_kwargs"] = dict(self.mixer_kwargs)
         out["block_kwargs"] = dict(self.block_kwargs)
@@ -251,7 +255,12 @@ class BackboneSpec:
         return cls(stages=tuple(StageSpec(**s) for s in stages), **config)
 
     def to_dict(self) -> dict[str, Any]:
-        """The spec as a plain dict; ``BackboneSpec.from_dict(spec.to_dict()) == spec``."""
+        """The spec as a plain dict; ``BackboneSpec.from_dict(spec.to_dict()) == spec``.
+
+        Returns:
+            One entry per field, with ``stages`` as a list of [`StageSpec.to_dict`][zoo.builder.StageSpec.to_dict]
+            dicts and ``img_size`` and ``ignore_keys`` as lists.
+        """
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["stages"] = [s.to_dict() for s in self.stages]
         out["img_size"] = list(self.img_size)
@@ -334,7 +343,12 @@ class BackboneSpec:
         return tuple(out)
 
     def resolutions(self) -> tuple[tuple[int, int], ...]:
-        """``(H, W)`` of each stage's map at ``img_size`` (a stride-2 layer rounds up, as padding does)."""
+        """``(H, W)`` of each stage's map at ``img_size`` (a stride-2 layer rounds up, as padding does).
+
+        Returns:
+            One ``(H, W)`` pair per stage: ``img_size // patch_size`` for stage 0, halved (rounded up) at
+            each stage that has a ``downsample``.
+        """
         h, w = (v // self.patch_size for v in self.img_size)
         out = []
         for i, s in enumerate(self.stages):
