@@ -26,7 +26,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 import zoo
+from benchmarks import _results
 from benchmarks._harness import (
     Budget,
     Timing,
@@ -47,9 +48,11 @@ from benchmarks._harness import (
 )
 from benchmarks._memory import MIB
 from benchmarks._model_cases import ModelCase, ModelMemoryProbe, build_model, build_run
+from benchmarks.plots import scatter_plot
+from unifiedops.catalog import zoo_family
 from unifiedops.flops import count_flops
 
-__all__ = ["GROUPS", "Entry", "Group", "Target", "main"]
+__all__ = ["GROUPS", "Entry", "Group", "Target", "main", "plot_throughput"]
 
 RESULTS = Path(__file__).parent / "results" / "models.md"
 """Where a full run writes its report."""
@@ -494,50 +497,31 @@ def _flops(names: Sequence[str], size: int) -> dict[str, float]:
     return flops
 
 
-def _family(name: str) -> str:
-    for prefix in ("acmix", "i_dynamic_dwnet", "dynamic_dwnet", "dwnet", "kw_resnet", "kw_mobilenetv2", "kw_convnext"):
-        if name.startswith(prefix):
-            return prefix
-    return name.rstrip("0123456789").removeprefix("uo_").split("_")[0]
+def plot_throughput(points: Mapping[str, tuple[float, float]], batch: int, size: int, threads: int, path: Path) -> Path:
+    """FLOPs against measured images per second, one labelled point per model, coloured by family.
 
+    Args:
+        points: ``{model: (flops, images_per_s)}``; FLOPs are multiply-adds per image.
+        batch: The batch size the throughput was measured at.
+        size: The input side the FLOPs and throughput are for.
+        threads: The CPU threads (or, on a GPU, any count; it is only written in the title).
+        path: The PNG file to write.
 
-def _plot(points: dict[str, tuple[float, float]], batch: int, size: int, path: Path) -> None:
-    """Scatter of FLOPs against images per second, one labelled point per model, as a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    figure = Figure(figsize=(10, 7), dpi=120)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    families = sorted({_family(name) for name in points})
-    colours = {family: f"C{i % 10}" for i, family in enumerate(families)}
-    markers = {family: "osD^v"[i // 10 % 5] for i, family in enumerate(families)}
-    for family in families:
-        names = [n for n in points if _family(n) == family]
-        axes.scatter(
-            [points[n][0] / 1e9 for n in names],
-            [points[n][1] for n in names],
-            c=colours[family],
-            marker=markers[family],
-            label=family,
-            s=30,
-        )
-    for name, (flops, speed) in points.items():
-        axes.annotate(name, (flops / 1e9, speed), fontsize=6, xytext=(3, 2), textcoords="offset points")
-    axes.set_xscale("log")
-    axes.set_yscale("log")
-    for axis in (axes.xaxis, axes.yaxis):
-        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        axis.set_minor_formatter(NullFormatter())
-    axes.set_xlabel(f"FLOPs (G multiply-adds per image, {size}×{size})")
-    axes.set_ylabel(f"measured images/s (batch {batch}, fp32 inference)")
-    axes.set_title(f"unifiedops zoo: FLOPs against measured throughput ({torch.get_num_threads()} threads)")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
+    Returns:
+        The path written.
+    """
+    names = sorted(points)
+    families = [(family.name if (family := zoo_family(name)) else name) for name in names]
+    return scatter_plot(
+        path,
+        [points[name][0] / 1e9 for name in names],
+        [points[name][1] for name in names],
+        names,
+        f"FLOPs (G multiply-adds per image, {size}×{size})",
+        f"measured images/s (batch {batch}, fp32 inference)",
+        f"unifiedops zoo: FLOPs against measured throughput ({threads} threads)",
+        groups=families,
+    )
 
 
 def _throughput(
@@ -769,8 +753,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if plot_models:
         flops = _flops(plot_models, plot_size)
         plots = _plot_paths(args)
+        threads = torch.get_num_threads()
         for path in plots:
-            _plot({n: (flops[n], speeds[n]) for n in plot_models}, plot_batch, plot_size, path)
+            plot_throughput({n: (flops[n], speeds[n]) for n in plot_models}, plot_batch, plot_size, threads, path)
+        if output == RESULTS:
+            _results.save(
+                _results.MODELS_JSON,
+                {
+                    "command": command,
+                    "machine": machine_description(device),
+                    "batch": plot_batch,
+                    "size": plot_size,
+                    "threads": threads,
+                    "images_per_s": {n: round(speeds[n], 3) for n in plot_models},
+                },
+            )
         sections.append(_plot_section(flops, speeds, plot_batch, plot_size, plots))
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     sections.append(f"Benchmark wall time: {time.perf_counter() - started:.0f} s; load average at the end: {load}.\n")

@@ -28,11 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from tqdm import tqdm
 
+from benchmarks import _results
 from benchmarks._cases import (
     CONFIGS,
     SWEEP,
@@ -67,6 +68,7 @@ __all__ = [
     "SweepRow",
     "loops_for",
     "main",
+    "plot_sweep",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -434,17 +436,38 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-def _plot_sweep(rows: dict[str, SweepRow], resolutions: Sequence[int], paths: Sequence[Path]) -> None:
-    series = {
-        f"{row.label} [{row.path}]": (list(resolutions), [row.median_ms[r] for r in resolutions])
-        for row in rows.values()
-    }
+def _plot_sweep(rows: dict[str, SweepRow], resolutions: Sequence[int], paths: Sequence[Path]) -> dict[str, Any]:
+    """Plot the sweep to each path; return the plotted data, which a full run keeps in ``results/ops.json``."""
     s = SWEEP
-    title = (
-        f"Forward time vs resolution (B={s.batch}, C={s.channels}, k=w={s.kernel}, {torch.get_num_threads()} threads)"
-    )
+    data = {
+        "title": f"Forward time vs resolution (B={s.batch}, C={s.channels}, k=w={s.kernel}, "
+        f"{torch.get_num_threads()} threads)",
+        "resolutions": list(resolutions),
+        "median_ms": {
+            f"{row.label} [{row.path}]": [round(row.median_ms[r], 4) for r in resolutions] for row in rows.values()
+        },
+    }
     for path in paths:
-        line_plot(path, series, "feature map side (H = W)", "median forward time (ms)", title, xticks=resolutions)
+        plot_sweep(data, path)
+    return data
+
+
+def plot_sweep(data: dict[str, Any], path: Path) -> Path:
+    """The time-vs-resolution plot of a sweep: one line per preset, log-log.
+
+    Args:
+        data: ``{"title": str, "resolutions": [side, ...], "median_ms": {label: [ms per side]}}``,
+            as a full run writes it to ``benchmarks/results/ops.json`` (key ``"sweep"``).
+        path: The PNG file to write.
+
+    Returns:
+        The path written.
+    """
+    resolutions = data["resolutions"]
+    series = {label: (resolutions, times) for label, times in data["median_ms"].items()}
+    return line_plot(
+        path, series, "feature map side (H = W)", "median forward time (ms)", data["title"], xticks=resolutions
+    )
 
 
 def _header(device: torch.device, command: str, quick: bool, memory_check: Sequence[str]) -> str:
@@ -577,8 +600,12 @@ def main(argv: Sequence[str] | None = None) -> str:
                 sections.append(_benchmark_config(config, device, budgets, memory, progress, args.quick))
         if args.resolutions:
             rows = _sweep(args.resolutions, device, QUICK_SWEEP if args.quick else FULL_SWEEP, progress)
-            _plot_sweep(rows, args.resolutions, plots)
+            sweep = _plot_sweep(rows, args.resolutions, plots)
             sections.append(_sweep_report(rows, args.resolutions, plots))
+            if not args.quick and args.output is None and args.plot is None:
+                _results.save(
+                    _results.OPS_JSON, {"command": command, "machine": machine_description(device), "sweep": sweep}
+                )
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     sections.append(f"Benchmark wall time: {time.perf_counter() - started:.0f} s; load average at the end: {load}.\n")
     report = "\n".join(sections)

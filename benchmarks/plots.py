@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # before pyplot: files only, never a window
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
 __all__ = ["line_plot", "scatter_plot"]
 
@@ -105,6 +105,7 @@ def scatter_plot(
     title: str,
     *,
     log: bool = True,
+    groups: Sequence[str] | None = None,
 ) -> Path:
     """One labelled point per item, e.g. FLOPs against measured throughput for each model.
 
@@ -117,24 +118,45 @@ def scatter_plot(
         ylabel: Label of the y axis.
         title: Title of the plot.
         log: Log scale on both axes (then every value must be positive).
+        groups: The group of each point (e.g. its model family): one colour and marker per group,
+            with a legend. ``None`` draws every point alike.
 
     Returns:
         The path written.
 
     Raises:
-        ValueError: If there are no points, ``xs``, ``ys`` and ``labels`` differ in length, or a
-            value is non-finite (or, with ``log``, non-positive).
+        ValueError: If there are no points, ``xs``, ``ys``, ``labels`` (and ``groups``) differ in
+            length, or a value is non-finite (or, with ``log``, non-positive).
     """
     _check_points("scatter_plot", xs, ys, log)
     if len(labels) != len(xs):
         raise ValueError(f"scatter_plot: labels and xs differ in length ({len(labels)} != {len(xs)})")
-    figure, axes = plt.subplots(figsize=SIZE)
-    axes.scatter(xs, ys, s=18)
+    if groups is not None and len(groups) != len(xs):
+        raise ValueError(f"scatter_plot: groups and xs differ in length ({len(groups)} != {len(xs)})")
+    figure, axes = plt.subplots(figsize=(10, 7) if groups is not None else SIZE)
+    if groups is None:
+        axes.scatter(xs, ys, s=18)
+    else:
+        for i, group in enumerate(sorted(set(groups))):
+            members = [j for j, g in enumerate(groups) if g == group]
+            axes.scatter(
+                [xs[j] for j in members],
+                [ys[j] for j in members],
+                s=30,
+                c=f"C{i % 10}",
+                marker="osD^v"[i // 10 % 5],  # colours repeat after ten groups; markers keep them apart
+                label=group,
+            )
+        axes.legend(fontsize="x-small", ncol=2, loc="lower left")
     for x, y, label in zip(xs, ys, labels, strict=True):
         axes.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize="x-small")
     if log:
         axes.set_xscale("log")
         axes.set_yscale("log")
+        for axis in (axes.xaxis, axes.yaxis):
+            # Plain numbers (0.5, 2, 10) read better than 10^x on axes spanning two decades.
+            axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            axis.set_minor_formatter(NullFormatter())
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_title(title)

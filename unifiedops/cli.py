@@ -4,12 +4,14 @@
     unifiedops flops MODEL [--size H W] [--batch N]
     unifiedops flops --zoo
     unifiedops bench ops|models [ARGS ...]
+    unifiedops docs [--models PATTERN] [--output-dir DIR]
 
 ``list`` prints every preset and every zoo model with its point on the three axes (sparsity,
 sharing, dynamism), its parameter count and its paper. ``flops`` prints the parameters and FLOPs
 (multiply-accumulates, the convention of the published tables) of any ``timm.create_model`` name,
 per stage and in total, beside the published figures where ``zoo.published`` has them. ``bench``
 runs ``python -m benchmarks.ops`` or ``python -m benchmarks.models`` with the remaining arguments.
+``docs`` regenerates every generated table and figure of the docs (``python -m benchmarks.docs_assets``).
 Tables are markdown on stdout. Exit status: 0 on success, 2 for a bad argument (an unknown model
 included), 1 when a model cannot run at the requested size.
 
@@ -498,7 +500,7 @@ def _run_flops(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 def _run_bench(args: argparse.Namespace) -> int:
     import importlib
 
-    module_name = f"benchmarks.{args.suite}"
+    module_name = f"benchmarks.{'docs_assets' if args.command == 'docs' else args.suite}"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
@@ -510,7 +512,11 @@ def _run_bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    result = module.main(list(args.args))
+    if args.command == "docs":
+        argv = ["--models", args.models, *(["--output-dir", args.output_dir] if args.output_dir else [])]
+    else:
+        argv = list(args.args)
+    result = module.main(argv)
     return result if isinstance(result, int) else 0
 
 
@@ -521,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``unifiedops`` command (used by [`main`][unifiedops.cli.main]).
 
     Returns:
-        The parser, with the subcommands ``list``, ``flops`` and ``bench``.
+        The parser, with the subcommands ``list``, ``flops``, ``bench`` and ``docs``.
     """
     from unifiedops import __version__
 
@@ -530,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="One aggregation operator: the catalog of presets and zoo models, FLOPs, benchmarks.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,flops,bench}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,flops,bench,docs}")
 
     listing = commands.add_parser(
         "list", help="every preset and zoo model with its point on the three axes, parameters and paper"
@@ -572,6 +578,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("suite", choices=("ops", "models"), help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the benchmark, e.g. --quick")
+
+    docs = commands.add_parser(
+        "docs",
+        help="regenerate the docs' zoo table and figures from the code and the last benchmark results "
+        "(python -m benchmarks.docs_assets; a few minutes)",
+        description="Regenerate the docs' zoo table and figures (python -m benchmarks.docs_assets).",
+    )
+    docs.add_argument("--models", default="*", help="shell-style pattern over the zoo's models (default: all)")
+    docs.add_argument("--output-dir", default=None, help="write every file into this folder instead")
     return parser
 
 
