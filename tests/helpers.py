@@ -1,7 +1,12 @@
-"""Shared helpers and hypothesis strategies for the unifiedops test suite."""
+"""Shared helpers and hypothesis strategies for the unifiedops test suite.
+
+The comparison with the reference path, ``randomize_`` and the neighbourhood and weight-source
+strategies are the public ones of ``unifiedops.testing``; this module adds the suite's tolerances
+and the per-path ``Case`` strategies, which also draw the presets."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,22 +17,16 @@ from torch import nn
 
 from unifiedops import (
     Aggregation,
-    DenseKernel,
     DWConv,
     DynamicDWConv,
     Global,
     GlobalAttention,
     InhomogeneousDWConv,
     NeighborhoodAttention,
-    Point,
-    PositionKernel,
-    QKAttention,
-    SampleKernel,
     Sliding,
-    StaticKernel,
-    Window,
     WindowAttention,
 )
+from unifiedops.testing import assert_matches_reference, neighbourhoods, randomize_, weight_sources
 
 F64 = torch.float64
 RTOL = 1e-6
@@ -39,24 +38,6 @@ FAST_PATHS = ("conv", "batched_conv", "shifted_sum", "window_sdpa", "halo_sdpa",
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:
     """``torch.testing.assert_close`` at the suite's float64 tolerances."""
     torch.testing.assert_close(actual, expected, rtol=RTOL, atol=ATOL, msg=(lambda m: f"{msg}: {m}") if msg else None)
-
-
-@torch.no_grad()
-def randomize_(module: nn.Module, scale: float = 0.5) -> nn.Module:
-    """Overwrite every parameter with ``N(0, scale^2)`` noise and BN running stats with non-trivial values.
-
-    Default initialisations hide bugs (a zero ``bias``, a near-zero ``relative_position_bias_table``
-    or identity BatchNorm statistics make a dropped or misindexed term invisible), so every
-    comparison runs on randomised modules.
-    """
-    for p in module.parameters():
-        p.copy_(torch.randn_like(p) * scale)
-    for name, b in module.named_buffers():
-        if name.endswith("running_mean"):
-            b.copy_(torch.randn_like(b) * 0.3)
-        elif name.endswith("running_var"):
-            b.copy_(torch.rand_like(b) + 0.5)
-    return module
 
 
 def batch_norm_eval(x: torch.Tensor, norm: nn.BatchNorm2d) -> torch.Tensor:
@@ -79,34 +60,17 @@ def assert_grad_checkpointing_is_exact(model: nn.Module, x: torch.Tensor) -> Non
         torch.testing.assert_close(p.grad, grads[n], msg=n)
 
 
-def run_path(module: nn.Module, x: torch.Tensor, path: str, grad_out: torch.Tensor):
-    """Output, input gradient and parameter gradients of ``module`` on ``path`` for the cotangent ``grad_out``."""
+def assert_path_matches_reference(module: nn.Module, x: torch.Tensor, path: str) -> None:
+    """The fast ``path`` and the reference path agree on output, input gradient and every parameter gradient.
+
+    ``module`` is left on ``path`` (a composite's setter chooses the paths of its parts, as ACmix's does).
+    """
+    assert path in module.paths, (path, module.paths)
     module.path = path
     assert module.path == path
-    module.zero_grad(set_to_none=True)
-    xx = x.detach().clone().requires_grad_(True)
-    y = module(xx)
-    assert y.shape == grad_out.shape, (y.shape, grad_out.shape)
-    y.backward(grad_out)
-    grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
-    return y.detach(), xx.grad.detach(), grads
-
-
-def assert_path_matches_reference(module: nn.Module, x: torch.Tensor, path: str) -> None:
-    """The fast ``path`` and the reference path agree on output, input gradient and every parameter gradient."""
-    assert path in module.paths, (path, module.paths)
-    module.path = "reference"
-    with torch.no_grad():
-        grad_out = torch.randn_like(module(x))
-    y_ref, gx_ref, gp_ref = run_path(module, x, "reference", grad_out)
-    y, gx, gp = run_path(module, x, path, grad_out)
-    assert torch.isfinite(y_ref).all() and torch.isfinite(gx_ref).all()
-    assert_close(y, y_ref, f"output of {path}")
-    assert_close(gx, gx_ref, f"input gradient of {path}")
-    assert gp_ref, "the reference path produced no parameter gradients"
-    assert set(gp) == set(gp_ref), (sorted(gp), sorted(gp_ref))
-    for name in gp_ref:
-        assert_close(gp[name], gp_ref[name], f"gradient of {name} on {path}")
+    assert_matches_reference(
+        module, x, dtype=None, rtol=RTOL, atol=ATOL, seed=int(torch.randint(2**31, ())), copy=False
+    )
 
 
 # --- cases ---------------------------------------------------------------------------------------
@@ -148,10 +112,6 @@ odd_kernels = st.sampled_from([1, 3, 5, 7])
 dilations = st.integers(1, 3)
 
 
-def _divisors(n: int, limit: int) -> list[int]:
-    return [r for r in range(1, min(n, limit) + 1) if n % r == 0]
-
-
 @st.composite
 def _channels(draw, max_groups: int = 4, max_width: int = 3) -> tuple[int, int]:
     """``(C, G)``: ``G`` groups (heads) of ``C // G`` channels."""
@@ -159,16 +119,10 @@ def _channels(draw, max_groups: int = 4, max_width: int = 3) -> tuple[int, int]:
     return groups * draw(st.integers(1, max_width)), groups
 
 
-@st.composite
-def _conv_neighbourhood(draw):
-    if draw(st.integers(0, 4)) == 0:
-        return Point()
-    return Sliding(
-        draw(odd_kernels),
-        draw(dilations),
-        draw(st.sampled_from(["zeros", "reflect", "mask"])),
-        stride=draw(st.sampled_from([1, 1, 2, 3])),
-    )
+# Sliding windows the convolution paths run (every border but clamp, with strides), and Point 1 time in 5.
+_conv_neighbourhood = neighbourhoods(
+    ("point", "sliding", "sliding", "sliding", "sliding"), borders=("zeros", "reflect", "mask"), strides=(1, 1, 2, 3)
+)
 
 
 @st.composite
@@ -187,19 +141,15 @@ def _geometry(draw, nb=None) -> dict:
 
 @st.composite
 def conv_cases(draw) -> Case:
-    """StaticKernel cases: DWConv and generic static kernels, also grouped (``G < C``) and on Point."""
+    """StaticKernel cases: DWConv and generic static kernels, also grouped (``G < C``) and on Point;
+    DenseKernel cases (channel-mixing, grouped, with a different number of outputs)."""
     c, g = draw(_channels())
-    bias = draw(st.booleans())
     if draw(st.booleans()):
-        make = functools.partial(DWConv, c, draw(odd_kernels), draw(dilations), bias)
+        make = functools.partial(DWConv, c, draw(odd_kernels), draw(dilations), draw(st.booleans()))
         return Case(make, channels=c, **draw(_geometry()))
     last = draw(st.booleans())
-    nb = draw(_conv_neighbourhood())
-    if draw(st.booleans()):
-        source = StaticKernel(c, groups=draw(st.sampled_from([None, g])), bias=bias)
-    else:
-        # channel-mixing kernels: dense, grouped, and with a different number of outputs
-        source = DenseKernel(c, g * draw(st.integers(1, 3)), groups=draw(st.sampled_from(_divisors(g, 4))), bias=bias)
+    nb = draw(_conv_neighbourhood)
+    source = draw(weight_sources(c, ("static", "dense"), groups=g))
     make = functools.partial(Aggregation, nb, source, channels_last=last)
     return Case(make, channels=c, channels_last=last, **draw(_geometry(nb)))
 
@@ -208,15 +158,13 @@ def conv_cases(draw) -> Case:
 def batched_conv_cases(draw) -> Case:
     """SampleKernel cases: DynamicDWConv and generic per-sample kernels (grouped, Point)."""
     c, g = draw(_channels())
-    reduction = draw(st.sampled_from(_divisors(c, 4)))
-    bias = draw(st.booleans())
     if draw(st.booleans()):
-        make = functools.partial(DynamicDWConv, c, draw(odd_kernels), reduction, bias)
+        reduction = draw(st.sampled_from([r for r in range(1, min(c, 4) + 1) if c % r == 0]))
+        make = functools.partial(DynamicDWConv, c, draw(odd_kernels), reduction, draw(st.booleans()))
         return Case(make, channels=c, **draw(_geometry()))
     last = draw(st.booleans())
-    groups = draw(st.sampled_from([None, g]))
-    source = SampleKernel(c, groups=groups, reduction=reduction, bias=bias)
-    nb = draw(_conv_neighbourhood())
+    source = draw(weight_sources(c, "sample", groups=g))
+    nb = draw(_conv_neighbourhood)
     make = functools.partial(Aggregation, nb, source, channels_last=last)
     return Case(make, channels=c, channels_last=last, **draw(_geometry(nb)))
 
@@ -225,68 +173,63 @@ def batched_conv_cases(draw) -> Case:
 def shifted_sum_cases(draw) -> Case:
     """PositionKernel cases: InhomogeneousDWConv and generic per-position kernels (dilated, masked, Point)."""
     c, g = draw(_channels())
-    reduction = draw(st.sampled_from(_divisors(c, 4)))
     if draw(st.booleans()):
+        reduction = draw(st.sampled_from([r for r in range(1, min(c, 4) + 1) if c % r == 0]))
         make = functools.partial(InhomogeneousDWConv, c, draw(odd_kernels), groups=g, reduction=reduction)
         return Case(make, channels=c, **draw(_geometry()))
     last = draw(st.booleans())
-    source = PositionKernel(c, groups=g, reduction=reduction)
-    nb = draw(_conv_neighbourhood())
+    source = draw(weight_sources(c, "position", groups=g))
+    nb = draw(_conv_neighbourhood)
     make = functools.partial(Aggregation, nb, source, channels_last=last)
     return Case(make, channels=c, channels_last=last, **draw(_geometry(nb)))
 
 
-@st.composite
-def _qk_source(draw, c: int, heads: int, rel_pos_bias: bool | None = None, coord_pos_embed: bool = False):
-    """Attention sources over every option: bias table, ACmix's coordinate embedding, a different
-    value width, both projection layouts, with and without the output projection."""
-    return QKAttention(
-        c,
-        heads=heads,
-        qkv_bias=draw(st.booleans()),
-        rel_pos_bias=draw(st.booleans()) if rel_pos_bias is None else rel_pos_bias,
-        scale=draw(st.sampled_from([None, 0.37])),
-        value_channels=draw(st.sampled_from([None, heads * draw(st.integers(1, 3))])),
-        projection=draw(st.sampled_from(["linear", "conv"])),
-        out_proj=draw(st.booleans()),
-        coord_pos_embed=coord_pos_embed and draw(st.booleans()),
-    )
+def _qk_source(c: int, heads: int, nb):
+    """Attention sources over every option (``weight_sources``): bias table where ``nb`` has a fixed
+    size, ACmix's coordinate embedding on Sliding, a different value width, both projection layouts,
+    with and without the output projection, a custom scale."""
+    return weight_sources(c, "attention", groups=heads, neighbourhood=nb)
+
+
+_window_neighbourhood = neighbourhoods("window")
 
 
 @st.composite
 def window_cases(draw) -> Case:
     """Window attention: WindowAttention and generic Window (zeros and mask borders, any shift)."""
     c, heads = draw(_channels())
-    size = draw(st.integers(1, 5))
-    shift = draw(st.integers(0, size - 1))
+    nb = draw(_window_neighbourhood)
     last = draw(st.booleans())
     geo = draw(_geometry())
     if draw(st.booleans()):
-        make = functools.partial(WindowAttention, c, heads, size, shift, draw(st.booleans()), channels_last=last)
+        flag = draw(st.booleans())
+        make = functools.partial(WindowAttention, c, heads, nb.size, nb.shift, flag, channels_last=last)
     else:
-        nb = Window(size, shift=shift, border=draw(st.sampled_from(["zeros", "mask"])))
-        make = functools.partial(Aggregation, nb, draw(_qk_source(c, heads)), channels_last=last)
+        make = functools.partial(Aggregation, nb, draw(_qk_source(c, heads, nb)), channels_last=last)
     return Case(make, channels=c, channels_last=last, **geo)
+
+
+# the halo path takes a stride or a dilation, not both
+_halo_neighbourhood = neighbourhoods("sliding", strides=(1, 2, 3)).map(
+    lambda nb: nb if nb.dilation == 1 else dataclasses.replace(nb, stride=1)
+)
 
 
 @st.composite
 def halo_cases(draw) -> Case:
     """Sliding attention: NeighborhoodAttention and generic Sliding (every border, dilation, tile)."""
     c, heads = draw(_channels())
-    k = draw(odd_kernels)
-    d = draw(dilations)
-    border = draw(st.sampled_from(["zeros", "reflect", "clamp", "mask"]))
+    nb = draw(_halo_neighbourhood)
     last = draw(st.booleans())
     tile = draw(st.sampled_from([None, 1, 2, 3, 4]))
     if draw(st.booleans()):
-        nb = Sliding(k, d, "clamp" if border == "reflect" else border)
+        nb = Sliding(nb.kernel_size, nb.dilation, "clamp" if nb.border == "reflect" else nb.border)
         flags = draw(st.booleans()), draw(st.booleans())
-        make = functools.partial(NeighborhoodAttention, c, heads, k, d, nb.border, *flags, channels_last=last)
+        make = functools.partial(
+            NeighborhoodAttention, c, heads, nb.kernel_size, nb.dilation, nb.border, *flags, channels_last=last
+        )
     else:
-        # the halo path takes a stride or a dilation, not both
-        stride = 1 if d > 1 else draw(st.sampled_from([1, 2, 3]))
-        nb = Sliding(k, d, border, stride)
-        make = functools.partial(Aggregation, nb, draw(_qk_source(c, heads, coord_pos_embed=True)), channels_last=last)
+        make = functools.partial(Aggregation, nb, draw(_qk_source(c, heads, nb)), channels_last=last)
     return Case(make, channels=c, channels_last=last, halo_tile=tile, **draw(_geometry(nb)))
 
 
@@ -299,9 +242,7 @@ def global_cases(draw) -> Case:
     if draw(st.booleans()):
         make = functools.partial(GlobalAttention, c, heads, draw(st.booleans()), channels_last=last)
     else:
-        make = functools.partial(
-            Aggregation, Global(), draw(_qk_source(c, heads, rel_pos_bias=False)), channels_last=last
-        )
+        make = functools.partial(Aggregation, Global(), draw(_qk_source(c, heads, Global())), channels_last=last)
     return Case(make, channels=c, channels_last=last, **geo)
 
 

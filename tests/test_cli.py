@@ -347,11 +347,15 @@ def test_zoo_table_rows_compare_with_the_publication(tmp_path: Path) -> None:
 
     table = tmp_path / "zoo.md"
     assert zoo_table.main(["--models", "van_b0", "--output", str(table)]) == 0
-    header, _rule, row = table.read_text(encoding="utf-8").splitlines()
-    assert header == "| model | params | published | check | FLOPs | published | Δ |"
+    header, _rule, row, _blank, source = table.read_text(encoding="utf-8").splitlines()
+    assert header == (
+        "| model | params | published | check | FLOPs | published | Δ | images/s | checkpoints that load |"
+    )
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:4] == ["`van_b0`", "4.11M", "4.1M", "rounds to paper"]
     assert cells[5] == "0.9G" and -5 <= float(cells[6].rstrip("%")) <= 5
+    assert float(cells[7]) > 0 and cells[8].startswith("official VAN")
+    assert source.startswith("images/s: `python -m benchmarks.models`")
 
 
 # --- bench --------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from helpers import (
     conv_cases,
     global_cases,
     halo_cases,
-    randomize_,
     seeds,
     shifted_sum_cases,
     window_cases,
@@ -45,6 +44,7 @@ from unifiedops import (
     WindowAttention,
 )
 from unifiedops.paths import Path
+from unifiedops.testing import randomize_
 
 # Raise for a deeper search, e.g. UNIFIEDOPS_EXAMPLES=2000.
 EXAMPLES = int(os.environ.get("UNIFIEDOPS_EXAMPLES", "100"))

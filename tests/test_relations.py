@@ -13,7 +13,7 @@ from timm.models.swin_transformer import SwinTransformerBlock, window_partition,
 from timm.models.swin_transformer import WindowAttention as TimmWindowAttention
 from torch import nn
 
-from helpers import F64, assert_close, randomize_
+from helpers import F64, assert_close
 from unifiedops import (
     Aggregation,
     DWConv,
@@ -27,6 +27,7 @@ from unifiedops import (
     Window,
     WindowAttention,
 )
+from unifiedops.testing import randomize_
 
 BOTH = ("fast", "reference")
 

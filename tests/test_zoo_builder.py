@@ -10,7 +10,7 @@ import timm
 import torch
 from torch import nn
 
-import zoo  # noqa: F401  (registers the models with timm)
+import zoo  # registers the models with timm
 from helpers import randomize_
 from unifiedops import DWConv, NeighborhoodAttention
 from zoo.builder import (
@@ -234,3 +234,17 @@ def test_bad_input_shape():
     model = SpecBackbone(_small())
     with pytest.raises(ValueError, match="x must be"):
         model(torch.randn(1, 4, 32, 32))
+
+
+def test_specs_and_spec_models_deep_copy_and_pickle():
+    # timm's ModelEma deep-copies the model, which holds its spec (with read-only kwargs views).
+    import copy
+    import pickle
+
+    spec = zoo.dwnet.DWNET_TINY.with_mixer("neighborhood_attention", kernel_size=7, head_dim=32)
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    assert copy.deepcopy(spec) == spec
+    model = SpecBackbone(spec.with_stages(depths=(1, 1, 1, 1))).eval()
+    twin = copy.deepcopy(model).eval()
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(twin(x), model(x))

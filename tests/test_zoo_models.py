@@ -91,3 +91,21 @@ def test_layer_wise_lr_decay_groups_stem_stages_and_head(name):
     classifier = model.pretrained_cfg["classifier"] + "."
     head = {id(p) for n, p in model.named_parameters() if n.startswith(classifier)}
     assert head and {g["lr_scale"] for g in groups for p in g["params"] if id(p) in head} == {1.0}
+
+
+@pytest.mark.parametrize("name", ["dwnet_tiny", "swin_tiny", "kw_resnet18_1x", "van_b0"])
+def test_frozen_batch_norm_keeps_the_output(name):
+    # Detection fine-tuning freezes BatchNorm with timm's helper; DWNet's channels-last BatchNorm
+    # must still be run in its layout afterwards.
+    from timm.utils.model import freeze_batch_norm_2d
+
+    torch.manual_seed(0)
+    model = (
+        timm.create_model(name, depths=(1, 1, 1, 1)) if "net_" in name or "swin" in name else timm.create_model(name)
+    )
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        frozen = freeze_batch_norm_2d(model)
+        torch.testing.assert_close(frozen(x), expected, rtol=1e-5, atol=1e-5)

@@ -9,8 +9,9 @@ changes, so a family file never writes a permute.
 from __future__ import annotations
 
 import torch
-from timm.layers import LayerNorm2d
+from timm.layers import FrozenBatchNormAct2d, LayerNorm2d
 from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from unifiedops.aggregation import Aggregation
 
@@ -19,7 +20,16 @@ __all__ = ["LAYOUTS", "BatchNormChannelsLast", "convert_layout", "infer_layout"]
 LAYOUTS = ("NCHW", "NHWC")
 """The two map layouts: channels-first ``(B, C, H, W)`` and channels-last ``(B, H, W, C)``."""
 
-_CHANNELS_FIRST = (nn.Conv2d, nn.BatchNorm2d, nn.GroupNorm, LayerNorm2d, nn.SyncBatchNorm)
+# Frozen BatchNorms are what timm's `freeze_batch_norm_2d` puts in place of any BatchNorm2d, ours included.
+_CHANNELS_FIRST = (
+    nn.Conv2d,
+    nn.BatchNorm2d,
+    nn.GroupNorm,
+    LayerNorm2d,
+    nn.SyncBatchNorm,
+    FrozenBatchNorm2d,
+    FrozenBatchNormAct2d,
+)
 _CHANNELS_LAST = (nn.Linear, nn.LayerNorm)
 
 

@@ -100,6 +100,15 @@ class StageSpec:
         out["block_kwargs"] = dict(self.block_kwargs)
         return out
 
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        # The read-only kwargs views cannot be pickled or deep-copied (timm's ModelEma deep-copies
+        # the model, which holds its spec); rebuild the stage from plain dicts instead.
+        return _stage_from_dict, (self.to_dict(),)
+
+
+def _stage_from_dict(fields: dict[str, Any]) -> StageSpec:
+    return StageSpec(**fields)
+
 
 _STAGE_FIELDS = {f.name for f in dataclasses.fields(StageSpec)}
 
