@@ -93,7 +93,7 @@ default_cfgs = generate_default_cfgs(
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> ACmixResNet:
-    return build_backbone(ACmixResNet, variant, pretrained, layers=_DEPTHS[variant], **kwargs)
+    return build_backbone(ACmixResNet, variant, pretrained, **{"layers": _DEPTHS[variant], **kwargs})
 
 
 @register_model
@@ -103,8 +103,9 @@ def acmix_resnet26(pretrained: bool = False, **kwargs: Any) -> ACmixResNet:
     Args:
         pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
             ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
-        **kwargs: [`ACmixResNet`][zoo.acmix_resnet.ACmixResNet] arguments other than ``layers`` (fixed by the
-            variant), and timm's (``features_only``, ``out_indices``, ``pretrained_cfg_overlay``).
+        **kwargs: [`ACmixResNet`][zoo.acmix_resnet.ACmixResNet] arguments, replacing the variant's
+            (``layers=(1, 1, 1, 1)`` for a shallow model), and timm's (``features_only``, ``out_indices``,
+            ``pretrained_cfg_overlay``).
 
     Returns:
         The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
@@ -121,8 +122,9 @@ def acmix_resnet38(pretrained: bool = False, **kwargs: Any) -> ACmixResNet:
     Args:
         pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
             ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
-        **kwargs: [`ACmixResNet`][zoo.acmix_resnet.ACmixResNet] arguments other than ``layers`` (fixed by the
-            variant), and timm's (``features_only``, ``out_indices``, ``pretrained_cfg_overlay``).
+        **kwargs: [`ACmixResNet`][zoo.acmix_resnet.ACmixResNet] arguments, replacing the variant's
+            (``layers=(1, 1, 1, 1)`` for a shallow model), and timm's (``features_only``, ``out_indices``,
+            ``pretrained_cfg_overlay``).
 
     Returns:
         The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
@@ -139,8 +141,9 @@ def acmix_resnet50(pretrained: bool = False, **kwargs: Any) -> ACmixResNet:
     Args:
         pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
             ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
-        **kwargs: [`ACmixResNet`][zoo.acmix_resnet.ACmixResNet] arguments other than ``layers`` (fixed by the
-            variant), and timm's (``features_only``, ``out_indices``, ``pretrained_cfg_overlay``).
+        **kwargs: [`ACmixResNet`][zoo.acmix_resnet.ACmixResNet] arguments, replacing the variant's
+            (``layers=(1, 1, 1, 1)`` for a shallow model), and timm's (``features_only``, ``out_indices``,
+            ``pretrained_cfg_overlay``).
 
     Returns:
         The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With

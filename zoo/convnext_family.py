@@ -237,15 +237,16 @@ def uo_convnext_tiny(pretrained: bool = False, **kwargs: Any) -> ConvNeXt:
     Args:
         pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
             ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
-        **kwargs: [`ConvNeXt`][zoo.convnext_family.ConvNeXt] arguments other than ``depths`` (fixed by the
-            variant), and timm's (``features_only``, ``out_indices``, ``pretrained_cfg_overlay``).
+        **kwargs: [`ConvNeXt`][zoo.convnext_family.ConvNeXt] arguments, replacing the variant's
+            (``depths=(1, 1, 1, 1)`` for a shallow model), and timm's (``features_only``, ``out_indices``,
+            ``pretrained_cfg_overlay``).
 
     Returns:
         The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
         ``features_only=True``, timm's ``FeatureGetterNet`` around it, whose forward returns the four stage
         maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
     """
-    return build_backbone(ConvNeXt, "uo_convnext_tiny", pretrained, **dict(depths=(3, 3, 9, 3), **kwargs))
+    return build_backbone(ConvNeXt, "uo_convnext_tiny", pretrained, **{"depths": (3, 3, 9, 3), **kwargs})
 
 
 @register_model
@@ -255,9 +256,9 @@ def kw_convnext_tiny_1x(pretrained: bool = False, **kwargs: Any) -> ConvNeXt:
     Args:
         pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
             ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
-        **kwargs: [`ConvNeXt`][zoo.convnext_family.ConvNeXt] arguments other than ``depths`` (fixed by the
-            variant; a ``kw`` mapping updates the official KW settings), and timm's (``features_only``,
-            ``out_indices``, ``pretrained_cfg_overlay``).
+        **kwargs: [`ConvNeXt`][zoo.convnext_family.ConvNeXt] arguments, replacing the variant's
+            (``depths=(1, 1, 1, 1)`` for a shallow model; a ``kw`` mapping updates the official KW settings),
+            and timm's (``features_only``, ``out_indices``, ``pretrained_cfg_overlay``).
 
     Returns:
         The model: images ``(B, 3, H, W)`` (3 is ``in_chans``) to logits ``(B, num_classes)``. With
@@ -265,4 +266,4 @@ def kw_convnext_tiny_1x(pretrained: bool = False, **kwargs: Any) -> ConvNeXt:
         maps ``(B, C_i, H/r_i, W/r_i)``, ``r_i = 4, 8, 16, 32`` (or those ``out_indices`` picks).
     """
     kw = {**_KW_1X, "sharing_range": ("layer", "pwconv"), **kwargs.pop("kw", {})}
-    return build_backbone(ConvNeXt, "kw_convnext_tiny_1x", pretrained, **dict(depths=(3, 3, 9, 3), kw=kw, **kwargs))
+    return build_backbone(ConvNeXt, "kw_convnext_tiny_1x", pretrained, **{"depths": (3, 3, 9, 3), **kwargs, "kw": kw})

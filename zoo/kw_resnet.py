@@ -155,7 +155,7 @@ def _create(variant: str, pretrained: bool, **kwargs: Any) -> KWResNet:
         if "resnet18" in variant
         else dict(block="bottleneck", layers=(3, 4, 6, 3))
     )
-    return build_backbone(KWResNet, variant, pretrained, **depth, **{**_VARIANTS[variant], **kwargs})
+    return build_backbone(KWResNet, variant, pretrained, **{**depth, **_VARIANTS[variant], **kwargs})
 
 
 @register_model
@@ -165,8 +165,8 @@ def kw_resnet18_1d4x(pretrained: bool = False, **kwargs: Any) -> KWResNet:
     Args:
         pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
             ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
-        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments other than ``block`` and ``layers`` (fixed
-            by the variant), replacing the variant's ratios, and timm's (``features_only``, ``out_indices``,
+        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments, replacing the variant's (its ratios, or
+            ``layers=(1, 1, 1, 1)`` for a shallow model), and timm's (``features_only``, ``out_indices``,
             ``pretrained_cfg_overlay``).
 
     Returns:
@@ -184,8 +184,8 @@ def kw_resnet18_1d2x(pretrained: bool = False, **kwargs: Any) -> KWResNet:
     Args:
         pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
             ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
-        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments other than ``block`` and ``layers`` (fixed
-            by the variant), replacing the variant's ratios, and timm's (``features_only``, ``out_indices``,
+        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments, replacing the variant's (its ratios, or
+            ``layers=(1, 1, 1, 1)`` for a shallow model), and timm's (``features_only``, ``out_indices``,
             ``pretrained_cfg_overlay``).
 
     Returns:
@@ -203,8 +203,8 @@ def kw_resnet18_1x(pretrained: bool = False, **kwargs: Any) -> KWResNet:
     Args:
         pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
             ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
-        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments other than ``block`` and ``layers`` (fixed
-            by the variant), replacing the variant's ratios, and timm's (``features_only``, ``out_indices``,
+        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments, replacing the variant's (its ratios, or
+            ``layers=(1, 1, 1, 1)`` for a shallow model), and timm's (``features_only``, ``out_indices``,
             ``pretrained_cfg_overlay``).
 
     Returns:
@@ -222,8 +222,8 @@ def kw_resnet18_2x(pretrained: bool = False, **kwargs: Any) -> KWResNet:
     Args:
         pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
             ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
-        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments other than ``block`` and ``layers`` (fixed
-            by the variant), replacing the variant's ratios, and timm's (``features_only``, ``out_indices``,
+        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments, replacing the variant's (its ratios, or
+            ``layers=(1, 1, 1, 1)`` for a shallow model), and timm's (``features_only``, ``out_indices``,
             ``pretrained_cfg_overlay``).
 
     Returns:
@@ -241,8 +241,8 @@ def kw_resnet18_4x(pretrained: bool = False, **kwargs: Any) -> KWResNet:
     Args:
         pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
             ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
-        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments other than ``block`` and ``layers`` (fixed
-            by the variant), replacing the variant's ratios, and timm's (``features_only``, ``out_indices``,
+        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments, replacing the variant's (its ratios, or
+            ``layers=(1, 1, 1, 1)`` for a shallow model), and timm's (``features_only``, ``out_indices``,
             ``pretrained_cfg_overlay``).
 
     Returns:
@@ -260,8 +260,8 @@ def kw_resnet50_1d2x(pretrained: bool = False, **kwargs: Any) -> KWResNet:
     Args:
         pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
             ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
-        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments other than ``block`` and ``layers`` (fixed
-            by the variant), replacing the variant's ratios, and timm's (``features_only``, ``out_indices``,
+        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments, replacing the variant's (its ratios, or
+            ``layers=(1, 1, 1, 1)`` for a shallow model), and timm's (``features_only``, ``out_indices``,
             ``pretrained_cfg_overlay``).
 
     Returns:
@@ -279,8 +279,8 @@ def kw_resnet50_1x(pretrained: bool = False, **kwargs: Any) -> KWResNet:
     Args:
         pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
             ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
-        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments other than ``block`` and ``layers`` (fixed
-            by the variant), replacing the variant's ratios, and timm's (``features_only``, ``out_indices``,
+        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments, replacing the variant's (its ratios, or
+            ``layers=(1, 1, 1, 1)`` for a shallow model), and timm's (``features_only``, ``out_indices``,
             ``pretrained_cfg_overlay``).
 
     Returns:
@@ -298,8 +298,8 @@ def kw_resnet50_4x(pretrained: bool = False, **kwargs: Any) -> KWResNet:
     Args:
         pretrained: Load weights into the model. No weights are hosted, so name a checkpoint with
             ``pretrained_cfg_overlay=dict(file=path)``; without one timm raises a ``RuntimeError``.
-        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments other than ``block`` and ``layers`` (fixed
-            by the variant), replacing the variant's ratios, and timm's (``features_only``, ``out_indices``,
+        **kwargs: [`KWResNet`][zoo.kw_resnet.KWResNet] arguments, replacing the variant's (its ratios, or
+            ``layers=(1, 1, 1, 1)`` for a shallow model), and timm's (``features_only``, ``out_indices``,
             ``pretrained_cfg_overlay``).
 
     Returns:
