@@ -60,7 +60,7 @@ from unifiedops import (
         (lambda: WindowAttention(8, 2, 4, 7), r"shift"),
         (lambda: Window(3, shift=-1), r"shift"),
         (lambda: WindowAttention(8, 2, 0), r"size"),
-        (lambda: DWConv(0, 3), r"channels"),
+        (lambda: DWConv(0, 3), r"dim"),  # the preset names its argument dim
         (lambda: Aggregation(Global(), StaticKernel(4)), r"StaticKernel"),
         (lambda: Aggregation(Global(), SampleKernel(4)), r"SampleKernel"),
         (lambda: Aggregation(Global(), PositionKernel(4)), r"PositionKernel"),
@@ -101,7 +101,7 @@ def test_path_errors_list_the_choices():
         (lambda: NeighborhoodAttention(8, 2, 3.0), r"kernel_size"),
         (lambda: WindowAttention(8, 2, 7.0), r"size"),
         (lambda: WindowAttention(8, 2.0, 7), r"heads"),
-        (lambda: DWConv(8.0, 3), r"channels"),
+        (lambda: DWConv(8.0, 3), r"dim"),
         (lambda: DWConv(8, 3, 1.5), r"dilation"),
         (lambda: InhomogeneousDWConv(8, groups=2.0), r"groups"),
         (lambda: Aggregation(Sliding(3), StaticKernel(4), channels_last=1), r"channels_last"),

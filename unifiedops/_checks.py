@@ -16,6 +16,33 @@ def check_int(name: str, value: object, *, minimum: int | None = None) -> int:
     return value
 
 
+def check_bool(name: str, value: object) -> bool:
+    """Raise unless ``value`` is a bool (``0``, ``1`` or ``"yes"`` would silently mean something)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_number(
+    name: str, value: object, *, minimum: float | None = None, maximum: float | None = None, positive: bool = False
+) -> float:
+    """Raise unless ``value`` is a real number (not a bool) in ``[minimum, maximum]``, and ``> 0`` with ``positive``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {name}={value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be in [{minimum}, {maximum}], got {name}={value!r}")
+    return value
+
+
+def check_heads(dim_name: str, dim: object, heads_name: str, heads: object) -> None:
+    """Raise unless ``dim`` and ``heads`` are positive ints and ``heads`` divides ``dim``."""
+    check_int(dim_name, dim, minimum=1)
+    check_int(heads_name, heads, minimum=1)
+    check_divisible(dim_name, dim, heads_name, heads)
+
+
 def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     """Raise unless ``value`` is one of ``choices``."""
     choices = tuple(choices)
@@ -31,7 +58,8 @@ def check_divisible(name: str, value: int, divisor_name: str, divisor: int) -> N
 
 
 def check_input(x: object, channels: int, channels_last: bool) -> None:
-    """Raise unless ``x`` is a 4-D floating tensor with ``channels`` channels in the stated layout."""
+    """Raise unless ``x`` is a 4-D floating tensor with ``channels`` channels and a non-empty map in the stated
+    layout (shape checks only: no data is read, so the check costs no device sync and compiles)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     shape = "(B, H, W, C)" if channels_last else "(B, C, H, W)"
@@ -45,3 +73,6 @@ def check_input(x: object, channels: int, channels_last: bool) -> None:
             f"x has {got} channels but the module was built for channels={channels} "
             f"(layout {shape}, channels_last={channels_last})"
         )
+    spatial = x.shape[1:3] if channels_last else x.shape[2:]
+    if spatial[0] == 0 or spatial[1] == 0:
+        raise ValueError(f"x must have H >= 1 and W >= 1 {shape}, got shape {tuple(x.shape)}")

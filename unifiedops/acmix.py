@@ -27,6 +27,7 @@ from torch import nn
 
 from unifiedops._checks import check_divisible, check_input, check_int
 from unifiedops.aggregation import Aggregation
+from unifiedops.instances import _check_window_args
 from unifiedops.neighbourhoods import Sliding, Window
 from unifiedops.weights import DenseKernel, QKAttention
 
@@ -114,7 +115,7 @@ class _ConvBranch:
         t, b, h, w, g, d = qkv.shape
         stack = qkv.permute(1, 2, 3, 5, 0, 4).reshape(b, h, w, d, t * g)
         mixed = F.linear(stack, self.fc.weight.flatten(1), self.fc.bias)  # (B, H, W, D, k*k)
-        return self.dep_conv(mixed.reshape(b, h, w, -1).permute(0, 3, 1, 2))
+        return self.dep_conv(mixed.flatten(3).permute(0, 3, 1, 2))
 
     def _mix(self, attention: torch.Tensor, conv: torch.Tensor) -> torch.Tensor:
         return self.rate1 * attention + self.rate2 * conv
@@ -307,9 +308,7 @@ class ACmixWindowAttention(_ConvBranch, Aggregation):
         channels_last: bool = False,
         path: str = "auto",
     ) -> None:
-        check_int("dim", dim, minimum=1)
-        check_int("num_heads", num_heads, minimum=1)
-        check_divisible("dim", dim, "num_heads", num_heads)
+        _check_window_args(dim, num_heads, window_size, shift_size, qkv_bias)
         super().__init__(
             Window(window_size, shift_size),
             QKAttention(dim, heads=num_heads, qkv_bias=qkv_bias, rel_pos_bias=True),

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from unifiedops._checks import check_bool, check_heads, check_int
 from unifiedops.aggregation import Aggregation
 from unifiedops.neighbourhoods import Global, Sliding, Window
 from unifiedops.weights import PositionKernel, QKAttention, SampleKernel, StaticKernel
@@ -24,6 +25,18 @@ __all__ = [
     "NeighborhoodAttention",
     "WindowAttention",
 ]
+
+
+def _check_window_args(
+    dim: object, num_heads: object, window_size: object, shift_size: object, qkv_bias: object
+) -> None:
+    """The arguments of a Swin-style window attention, by their preset names."""
+    check_heads("dim", dim, "num_heads", num_heads)
+    check_int("window_size", window_size, minimum=1)
+    check_int("shift_size", shift_size, minimum=0)
+    if shift_size >= window_size:
+        raise ValueError(f"shift_size must be < window_size, got shift_size={shift_size}, window_size={window_size}")
+    check_bool("qkv_bias", qkv_bias)
 
 
 class DWConv(Aggregation):
@@ -51,6 +64,8 @@ class DWConv(Aggregation):
     """
 
     def __init__(self, dim: int, kernel_size: int, dilation: int = 1, bias: bool = True, *, path: str = "auto"):
+        check_int("dim", dim, minimum=1)
+        check_bool("bias", bias)
         super().__init__(Sliding(kernel_size, dilation), StaticKernel(dim, bias=bias), path=path)
 
 
@@ -75,6 +90,8 @@ class DynamicDWConv(Aggregation):
     """
 
     def __init__(self, dim: int, kernel_size: int = 7, reduction: int = 4, bias: bool = True, *, path: str = "auto"):
+        check_int("dim", dim, minimum=1)
+        check_bool("bias", bias)
         super().__init__(Sliding(kernel_size), SampleKernel(dim, reduction=reduction, bias=bias), path=path)
 
 
@@ -99,6 +116,7 @@ class InhomogeneousDWConv(Aggregation):
     """
 
     def __init__(self, dim: int, kernel_size: int = 7, *, groups: int, reduction: int = 4, path: str = "auto"):
+        check_int("dim", dim, minimum=1)
         super().__init__(Sliding(kernel_size), PositionKernel(dim, groups=groups, reduction=reduction), path=path)
 
 
@@ -141,6 +159,7 @@ class WindowAttention(Aggregation):
         channels_last: bool = False,
         path: str = "auto",
     ):
+        _check_window_args(dim, num_heads, window_size, shift_size, qkv_bias)
         super().__init__(
             Window(window_size, shift_size),
             QKAttention(dim, heads=num_heads, qkv_bias=qkv_bias, rel_pos_bias=True),
@@ -181,6 +200,9 @@ class NeighborhoodAttention(Aggregation):
         channels_last: bool = False,
         path: str = "auto",
     ):
+        check_heads("dim", dim, "num_heads", num_heads)
+        check_bool("rel_pos_bias", rel_pos_bias)
+        check_bool("qkv_bias", qkv_bias)
         super().__init__(
             Sliding(kernel_size, dilation, border),
             QKAttention(dim, heads=num_heads, qkv_bias=qkv_bias, rel_pos_bias=rel_pos_bias),
@@ -206,6 +228,8 @@ class GlobalAttention(Aggregation):
     def __init__(
         self, dim: int, num_heads: int, qkv_bias: bool = True, *, channels_last: bool = False, path: str = "auto"
     ):
+        check_heads("dim", dim, "num_heads", num_heads)
+        check_bool("qkv_bias", qkv_bias)
         super().__init__(
             Global(), QKAttention(dim, heads=num_heads, qkv_bias=qkv_bias), path=path, channels_last=channels_last
         )

@@ -194,4 +194,5 @@ class LKA(Aggregation):
         channels_last: bool = False,
         path: str = "auto",
     ) -> None:
+        check_int("dim", dim, minimum=1)
         super().__init__(Point(), LargeKernelGate(dim, kernel_size, dilation), path=path, channels_last=channels_last)

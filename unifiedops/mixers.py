@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unifiedops._checks import check_input, check_int
+from unifiedops._checks import check_bool, check_divisible, check_input, check_int, check_number
 from unifiedops.aggregation import Aggregation
 from unifiedops.instances import DWConv
 from unifiedops.neighbourhoods import Global, Point, Window
@@ -137,6 +137,13 @@ class UniFormerGlobalMHRA(Aggregation):
         check_int("head_dim", head_dim, minimum=1)
         if head_dim > dim:
             raise ValueError(f"head_dim must be <= dim (heads = dim // head_dim), got head_dim={head_dim}, dim={dim}")
+        if dim % (dim // head_dim):
+            raise ValueError(
+                f"dim={dim} must be divisible by num_heads = dim // head_dim = {dim // head_dim} (head_dim={head_dim})"
+            )
+        check_bool("qkv_bias", qkv_bias)
+        if qk_scale is not None:
+            check_number("qk_scale", qk_scale)
         # The official `qk_scale or default` also maps 0 to the default.
         source = QKAttention(dim, heads=dim // head_dim, qkv_bias=qkv_bias, scale=qk_scale or None)
         super().__init__(Global(), source, path=path, channels_last=channels_last)
@@ -275,6 +282,16 @@ class MixingAttention(Aggregation):
         if dim % 2:
             raise ValueError(f"dim must be even (half the channels go to the attention branch), got dim={dim}")
         half = dim // 2
+        check_int("num_heads", num_heads, minimum=1)
+        check_divisible("dim // 2", half, "num_heads", num_heads)
+        check_int("window_size", window_size, minimum=1)
+        check_int("dwconv_kernel_size", dwconv_kernel_size, minimum=1)
+        if dwconv_kernel_size % 2 == 0:
+            raise ValueError(f"dwconv_kernel_size must be odd, got dwconv_kernel_size={dwconv_kernel_size}")
+        check_bool("qkv_bias", qkv_bias)
+        if qk_scale is not None:
+            check_number("qk_scale", qk_scale)
+        check_number("proj_drop", proj_drop, minimum=0, maximum=1)
         super().__init__(
             Window(window_size),
             QKAttention(

@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from unifiedops._checks import check_choice, check_divisible, check_int
+from unifiedops._checks import check_bool, check_choice, check_divisible, check_int, check_number
 from unifiedops.aggregation import Aggregation
 from unifiedops.neighbourhoods import Layout, Neighbourhood, Sliding
 from unifiedops.warehouse import TemperatureSchedule
@@ -226,7 +226,7 @@ class MixtureKernel(ConvKernelSource):
 class MixtureConv(Aggregation):
     """Base of the whole-kernel mixture presets: the aggregation, then the per-sample mixed bias.
 
-    ``mixture_attention`` holds the coefficients ``(B, n)`` of the last forward pass.
+    ``mixture_attention`` holds the coefficients ``(B, n)`` of the last forward pass (detached).
 
     Args:
         source: A [`MixtureKernel`][unifiedops.mixture.MixtureKernel].
@@ -250,8 +250,12 @@ class MixtureConv(Aggregation):
             ``(B, O, Ho, Wo)``, ``Ho = ceil(H / stride)``, ``Wo = ceil(W / stride)``.
         """
         y = super().forward(x)
+        attention = self.mixture_attention
         if self.bias is not None:
-            y = y + torch.mm(self.mixture_attention, self.bias)[:, :, None, None]
+            y = y + torch.mm(attention, self.bias)[:, :, None, None]
+        # Kept detached: a stored tensor with autograd history would hold the step's graph until the next
+        # forward, and make copy.deepcopy of the module (an EMA copy, say) fail after a training step.
+        self.mixture_attention = attention.detach()
         return y
 
 
@@ -304,6 +308,9 @@ class CondConv(MixtureConv):
         *,
         path: str = "auto",
     ) -> None:
+        check_int("in_channels", in_channels, minimum=1)
+        check_int("num_experts", num_experts, minimum=1)
+        check_bool("bias", bias)
         source = MixtureKernel(in_channels, out_channels, num_experts, groups, bias, "sigmoid")
         super().__init__(source, kernel_size, stride, dilation, path)
 
@@ -361,6 +368,9 @@ class DYConv(MixtureConv):
         *,
         path: str = "auto",
     ) -> None:
+        check_int("in_channels", in_channels, minimum=1)
+        check_bool("bias", bias)
+        check_number("temperature", temperature, positive=True)
         source = MixtureKernel(
             in_channels, out_channels, num_kernels, groups, bias, "softmax", reduction, float(temperature)
         )

@@ -384,6 +384,10 @@ class WarehouseKernel(ConvKernelSource):
 
 
 def _square_kernel(kernel_size: int | Sequence[int]) -> int:
+    if not isinstance(kernel_size, int | Sequence) or isinstance(kernel_size, str):
+        raise TypeError(
+            f"kernel_size must be an int or a sequence of ints, got {type(kernel_size).__name__} {kernel_size!r}"
+        )
     if not isinstance(kernel_size, int):
         sizes = tuple(kernel_size)
         if not sizes or any(s != sizes[0] for s in sizes):
@@ -582,8 +586,12 @@ class KWConv1d(_KWLayer):
         Returns:
             ``(B, O, Lo)``, ``Lo = ceil(L / stride)``.
         """
-        if not isinstance(x, torch.Tensor) or x.dim() != 3:
-            raise ValueError(f"x must be a 3-D (B, C, L) tensor, got shape {getattr(x, 'shape', None)}")
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 3:
+            raise ValueError(f"x must be 3-D (B, C, L), got a {x.dim()}-D tensor of shape {tuple(x.shape)}")
+        if x.shape[2] == 0:
+            raise ValueError(f"x must have L >= 1 (B, C, L), got shape {tuple(x.shape)}")
         return super().forward(x.unsqueeze(-1)).squeeze(-1)
 
 
@@ -638,11 +646,20 @@ class KWLinear(nn.Module):
         Returns:
             ``(B, ..., O)``.
         """
-        if not isinstance(x, torch.Tensor) or x.dim() < 2:
-            raise ValueError(f"x must be a (B, ..., C) tensor, got shape {getattr(x, 'shape', None)}")
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() < 2:
+            raise ValueError(f"x must be (B, ..., C) with at least 2 dimensions, got shape {tuple(x.shape)}")
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"x has {x.shape[-1]} features but the layer was built for in_planes={self.in_features} "
+                f"(layout (B, ..., C)), got shape {tuple(x.shape)}"
+            )
+        if 0 in x.shape[1:-1]:
+            raise ValueError(f"x must have at least one token (B, ..., C), got shape {tuple(x.shape)}")
         shape = x.shape
-        y = self.conv(x.reshape(shape[0], -1, shape[-1]).transpose(1, 2))
-        return y.transpose(1, 2).reshape(*shape[:-1], -1)
+        y = self.conv(x.reshape(shape[0], math.prod(shape[1:-1]), shape[-1]).transpose(1, 2))
+        return y.transpose(1, 2).reshape(*shape[:-1], y.shape[1])
 
 
 _KW_CLASSES = {"conv1d": KWConv1d, "conv2d": KWConv2d}

@@ -415,7 +415,7 @@ class SampleKernel(SameChannels, ConvKernelSource):
         hidden = F.linear(x.mean((2, 3)), module.conv1.weight.flatten(1))
         hidden = F.relu(module.bn(hidden[:, :, None, None]).flatten(1))
         w = F.linear(hidden, module.conv2.weight.flatten(1), module.conv2.bias)
-        return w.reshape(x.shape[0], self.weight_groups, 1, -1)
+        return w.reshape(x.shape[0], self.weight_groups, 1, w.shape[1] // self.weight_groups)
 
     @property
     def conv_groups(self) -> int:
@@ -502,7 +502,8 @@ class PositionKernel(SameChannels, WeightSource):
                 strided aggregation uses every ``stride``-th).
         """
         b, _, h, w = x.shape
-        return module.conv2(module.conv1(x)).reshape(b, self.weight_groups, -1, h, w)
+        y = module.conv2(module.conv1(x))
+        return y.reshape(b, self.weight_groups, y.shape[1] // self.weight_groups, h, w)  # no -1: B may be 0
 
     def reference(
         self, module: nn.Module, x: torch.Tensor, padded: torch.Tensor, lay: Layout

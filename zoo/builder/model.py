@@ -133,7 +133,13 @@ class SpecBackbone(Backbone):
         factory = MIXERS[stage.mixer]
 
         def mixer(channels_last: bool) -> nn.Module:
-            return factory(stage.dim, dataclasses.replace(site, channels_last=channels_last), **stage.mixer_kwargs)
+            try:
+                return factory(stage.dim, dataclasses.replace(site, channels_last=channels_last), **stage.mixer_kwargs)
+            except (TypeError, ValueError) as e:  # say which stage's mixer options are wrong
+                kind = TypeError if isinstance(e, TypeError) else ValueError
+                raise kind(
+                    f"stage {site.stage}: mixer {stage.mixer!r} with mixer_kwargs={dict(stage.mixer_kwargs)}: {e}"
+                ) from e
 
         return BLOCKS[stage.block](stage, mixer, drop_path=drop_path, layout=layout, **stage.block_kwargs)
 
@@ -160,6 +166,10 @@ class SpecBackbone(Backbone):
         Raises:
             ValueError: If ``x`` is not ``(B, in_chans, H, W)`` or is smaller than one patch.
         """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got dtype={x.dtype}")
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"x must be (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
         if min(x.shape[2:]) < self.spec.patch_size:

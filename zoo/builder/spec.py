@@ -86,8 +86,12 @@ class StageSpec:
             raise ValueError(f"norm must be one of {sorted(NORMS)} or None, got {self.norm!r}")
         if self.downsample is not None and self.downsample not in DOWNSAMPLES:
             raise ValueError(f"downsample must be one of {sorted(DOWNSAMPLES)} or None, got {self.downsample!r}")
-        if not isinstance(self.mlp_ratio, (int, float)) or self.mlp_ratio <= 0:
+        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) or self.mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
+        if self.layer_scale is not None and (
+            isinstance(self.layer_scale, bool) or not isinstance(self.layer_scale, (int, float))
+        ):
+            raise TypeError(f"layer_scale must be None or a number, got {self.layer_scale!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The stage as a plain dict (the inverse of ``StageSpec(**d)``).
