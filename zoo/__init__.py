@@ -17,6 +17,7 @@ import timm
 # Importing a family module registers its models with timm.
 from zoo import acmix_resnet, convnext_family, dwnet, kw_mobilenetv2, kw_resnet, mixformer, swin_family, uniformer, van
 from zoo.builder import BackboneSpec, SpecBackbone, StageSpec, register_backbone, register_mixer
+from zoo.checkpoint_io import load, save
 
 __all__ = [
     "BackboneSpec",
@@ -28,9 +29,11 @@ __all__ = [
     "kw_mobilenetv2",
     "kw_resnet",
     "list_models",
+    "load",
     "mixformer",
     "register_backbone",
     "register_mixer",
+    "save",
     "swin_family",
     "uniformer",
     "van",
