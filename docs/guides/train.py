@@ -24,9 +24,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 from torchvision.datasets import ImageFolder
 
-import zoo  # noqa: F401  (registers the zoo's models with timm)
 from unifiedops import TemperatureSchedule
 from unifiedops.warehouse import WarehouseAttention
+from zoo.blocks import convert_sync_batchnorm  # importing zoo also registers its models with timm
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,9 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     model: nn.Module = timm.create_model(args.model, num_classes=num_classes).to(device)
-    if world_size > 1 and device.type == "cuda":
-        # One set of batch statistics over all GPUs. SyncBatchNorm needs GPUs: on CPU each process keeps its own.
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if world_size > 1:
+        # One set of batch statistics over all processes. The zoo's converter works on CPU (gloo) too,
+        # and keeps the activation of timm's BatchNormAct2d, which torch's converter drops.
+        model = convert_sync_batchnorm(model)
     ema = ModelEmaV3(model, decay=0.9998) if args.ema else None
     # KernelWarehouse attentions start at temperature 0; the official recipe decays it from 1 to 0.
     kw = any(isinstance(m, WarehouseAttention) for m in model.modules())

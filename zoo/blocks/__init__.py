@@ -7,6 +7,12 @@ from zoo.blocks.layout import LAYOUTS, BatchNormChannelsLast, convert_layout, in
 from zoo.blocks.registry import build_backbone, pretrained_cfg, register_variants
 from zoo.blocks.resnet_layout import ConvSpec, ResNetLayout, plain_conv, resnet_cfg
 from zoo.blocks.stage import PatchEmbed, PatchMerging, Stage
+from zoo.blocks.sync_batchnorm import (
+    SyncBatchNorm,
+    SyncBatchNormAct2d,
+    SyncBatchNormChannelsLast,
+    convert_sync_batchnorm,
+)
 
 __all__ = [
     "INLINE",
@@ -21,8 +27,12 @@ __all__ = [
     "PatchMerging",
     "ResNetLayout",
     "Stage",
+    "SyncBatchNorm",
+    "SyncBatchNormAct2d",
+    "SyncBatchNormChannelsLast",
     "build_backbone",
     "convert_layout",
+    "convert_sync_batchnorm",
     "drop_path_rates",
     "infer_layout",
     "plain_conv",
