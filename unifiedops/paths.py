@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from unifiedops._cache import cached_tables
 from unifiedops.neighbourhoods import Axis, Global, Neighbourhood, Point, Sliding, Window, layout
@@ -122,9 +121,12 @@ def _run_batched_conv(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
     weight = source.conv_weight(module, x)  # (B, O, C/g, k, k), read before any padding
     x, padding = _pad_for_conv(module.neighbourhood, x, padding)
     bias = source.conv_bias(module)
-    if x.device.type == "cpu" and source.conv_groups < c:
+    if b == 0:  # an empty batch has no kernels to fold; any kernel of the right shape gives the empty output
+        return F.conv2d(x, weight.sum(0), bias, stride, padding, dilation, source.conv_groups)
+    if x.device.type == "cpu" and source.conv_groups < c and isinstance(b, int):
         # oneDNN runs a grouped conv of B dense groups ~2.5x slower than B single-sample convs
-        # (256->256 3x3 at 14x14, B=8: 25 ms against 10 ms); depth-wise kernels batch well.
+        # (256->256 3x3 at 14x14, B=8: 25 ms against 10 ms); depth-wise kernels batch well. A
+        # symbolic batch (torch.export with a dynamic batch) cannot be looped over: it takes the fold.
         return torch.cat(
             [F.conv2d(x[i : i + 1], weight[i], bias, stride, padding, dilation, source.conv_groups) for i in range(b)]
         )
@@ -235,9 +237,16 @@ def _run_window_sdpa(module: Aggregation, x: torch.Tensor, projected: torch.Tens
     mask = _add_bias(mask, source.bias(module, rel_index))
     if mask is not None and mask.dim() == 3:
         mask = mask.unsqueeze(0)
-    qkv = rearrange(qkv, "t b (nh wh) (nw ww) g d -> t b (nh nw) g (wh ww) d", wh=ws, ww=ws)
+    # Plain views rather than einops.rearrange: torch.compile traces einops' pattern parsing at every
+    # call (half of the compile-time tracing of a Swin block); the ops and the result are the same.
+    qkv = qkv.unflatten(2, (hp // ws, ws)).unflatten(4, (wp // ws, ws))  # t b nh wh nw ww g d
+    qkv = qkv.permute(0, 1, 2, 4, 6, 3, 5, 7).flatten(5, 6).flatten(2, 3)  # t b (nh nw) g (wh ww) d
     o = _attention(qkv[0], qkv[1], qkv[2], mask, source.logit_scale)
-    o = rearrange(o, "b (nh nw) g (wh ww) d -> b (nh wh) (nw ww) (g d)", nh=hp // ws, wh=ws)
+    o = o.unflatten(1, (hp // ws, wp // ws)).unflatten(4, (ws, ws)).permute(0, 1, 4, 2, 5, 3, 6)  # b nh wh nw ww g d
+    # An explicit copy, not reshape: with one column of windows reshape is a view of the fused CPU
+    # kernel's output layout, and torch.export records it as one, which fails where the exporter
+    # swaps in a kernel with another layout (ONNX: pytorch/pytorch#141107). Otherwise reshape copies too.
+    o = o.clone(memory_format=torch.contiguous_format).view(o.shape[0], hp, wp, o.shape[-2] * o.shape[-1])  # B may be 0
     if s:
         o = torch.roll(o, (s, s), (1, 2))
     return source.finish(module, o[:, :h, :w].permute(0, 3, 1, 2))
@@ -276,8 +285,11 @@ def _halo_axis(axis: Axis, tile: int, in_length: int) -> tuple[torch.Tensor, tor
 
 
 @cached_tables
-def _halo_tables(nb: Sliding, height: int, width: int, tile: int, dtype: torch.dtype):
-    """Tables of the halo path for a non-dilated sliding neighbourhood on an ``height x width`` input.
+def _halo_tables(kernel_size: int, border: str, stride: int, height: int, width: int, tile: int, dtype: torch.dtype):
+    """Tables of the halo path for ``Sliding(kernel_size, 1, border, stride)`` on an ``height x width`` input.
+
+    The neighbourhood is passed as its fields, not as a ``Sliding``: the caller builds it during the
+    forward pass, and under ``torch.compile`` only Python constants reach a cached table builder.
 
     Returns:
         ``(queries, keys, mask, rel)``: each tile's queries as flat indices into the output grid,
@@ -286,6 +298,7 @@ def _halo_tables(nb: Sliding, height: int, width: int, tile: int, dtype: torch.d
             of the keys each query sees, ``(nT, 1, T*T, Tk*Tk)``; and the relative-position index of
             every (query, block key) pair, ``(nT, T*T, Tk*Tk)``.
     """
+    nb = Sliding(kernel_size, 1, border, stride)
     axis_y, axis_x = nb.axis(height), nb.axis(width)
     ho, wo = axis_y.index.shape[0], axis_x.index.shape[0]
     ky, ay, ry = _halo_axis(axis_y, tile, height)
@@ -311,12 +324,12 @@ def _halo_group(module, q, k, v, nb: Sliding, tile: int, size: tuple[int, int]) 
     when the border pads)."""
     source = module.source
     b, ho, wo, groups, dim = q.shape
-    queries, keys, mask, rel = _halo_tables(nb, *size, tile, q.dtype, device=q.device)
+    queries, keys, mask, rel = _halo_tables(nb.kernel_size, nb.border, nb.stride, *size, tile, q.dtype, device=q.device)
     mask = _add_bias(mask, source.bias(module, rel))
     nty, ntx = math.ceil(ho / tile), math.ceil(wo / tile)
-    n_tiles, block = keys.shape
+    n_tiles, block = keys.size()
     q = q.reshape(b, ho * wo, groups, dim).index_select(1, queries).view(b, n_tiles, tile * tile, groups, dim)
-    k, v = k.reshape(b, -1, groups, dim), v.reshape(b, -1, groups, dim)
+    k, v = k.flatten(1, 2), v.flatten(1, 2)  # (B, Hk*Wk, G, D); flatten, not reshape(b, -1), for B = 0
     keys = keys.flatten()
     # One sample at a time: the key blocks overlap (each key is copied into up to (Tk/T)^2 blocks)
     # and the mask varies over tiles, so batching would multiply both by B. Per sample, the fused
@@ -374,12 +387,12 @@ def _run_halo_sdpa(module: Aggregation, x: torch.Tensor, projected: torch.Tensor
 
 def _run_global_sdpa(module: Aggregation, x: torch.Tensor, projected: torch.Tensor | None = None) -> torch.Tensor:
     source = module.source
-    h = x.shape[2]
+    h, w = x.shape[2:]
     if projected is None:
         projected = source.project(module, x.permute(0, 2, 3, 1))
-    q, k, v = rearrange(projected, "t b h w g d -> t b g (h w) d")
+    q, k, v = projected.flatten(2, 3).transpose(2, 3)  # t b g (h w) d
     o = F.scaled_dot_product_attention(q, k, v, scale=source.logit_scale)
-    return source.finish(module, rearrange(o, "b g (h w) d -> b (g d) h w", h=h))
+    return source.finish(module, o.transpose(2, 3).flatten(1, 2).unflatten(2, (h, w)))  # b (g d) h w
 
 
 # --- registry ----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unifiedops._cache import cached_tables
 from unifiedops._checks import check_int
 from unifiedops.aggregation import Aggregation
 from unifiedops.neighbourhoods import Layout, Neighbourhood, Sliding, layout
@@ -195,7 +196,7 @@ class MergedXVolutionKernel(WeightSource):
         """
         k = module.neighbourhood.kernel_size
         # The attention's 3x3 taps at distance `shift` sit inside the k x k kernel.
-        lay3 = _shift_layout(self.shift, x)
+        lay3 = _shift_layout(self.shift, *x.shape[2:], device=x.device)
         coeff = self._attention.reference(module, x, F.pad(x, lay3.pad), lay3)[1][:, 0]  # (B, P, 9)
         dynamic = x.new_zeros(*coeff.shape[:2], k, k)
         centre, s = k // 2, self.shift
@@ -218,8 +219,11 @@ class MergedXVolutionKernel(WeightSource):
         return y + module.bias.view(1, -1, 1, 1)
 
 
-def _shift_layout(shift: int, x: torch.Tensor):
-    return layout(Sliding(3, shift), *x.shape[2:], x.device)
+@cached_tables
+def _shift_layout(shift: int, height: int, width: int) -> Layout:
+    # Cached by ints rather than called with a Sliding built here: under torch.compile only Python
+    # constants reach a cached table builder (see unifiedops._cache).
+    return layout(Sliding(3, shift), height, width)
 
 
 class XVolution(nn.Module):
