@@ -26,13 +26,14 @@ from unifiedops import (
     Sliding,
     WindowAttention,
 )
+from unifiedops.dcd import DCDConv2d, DCDKernel
 from unifiedops.testing import assert_matches_reference, neighbourhoods, randomize_, weight_sources
 
 F64 = torch.float64
 RTOL = 1e-6
 ATOL = 1e-9
 
-FAST_PATHS = ("conv", "batched_conv", "shifted_sum", "window_sdpa", "halo_sdpa", "global_sdpa")
+FAST_PATHS = ("conv", "decomposed", "batched_conv", "shifted_sum", "window_sdpa", "halo_sdpa", "global_sdpa")
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:
@@ -170,6 +171,22 @@ def batched_conv_cases(draw) -> Case:
 
 
 @st.composite
+def decomposed_cases(draw) -> Case:
+    """DCD cases: DCDConv2d and generic DCD kernels on zero-padded Sliding neighbourhoods (any stride,
+    dilation, latent size, context pooling, with or without the static bias)."""
+    c, o = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    k, dilation, stride = draw(odd_kernels), draw(dilations), draw(st.sampled_from([1, 1, 2, 3]))
+    latent, squeeze, pool = draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 2))
+    if draw(st.booleans()):
+        make = functools.partial(DCDConv2d, c, o, k, stride, dilation, pool=pool, latent=latent, squeeze=squeeze)
+        return Case(make, channels=c, **draw(_geometry()))
+    last = draw(st.booleans())
+    source = DCDKernel(c, o, latent, squeeze, pool, bias=draw(st.booleans()))
+    make = functools.partial(Aggregation, Sliding(k, dilation, stride=stride), source, channels_last=last)
+    return Case(make, channels=c, channels_last=last, **draw(_geometry()))
+
+
+@st.composite
 def shifted_sum_cases(draw) -> Case:
     """PositionKernel cases: InhomogeneousDWConv and generic per-position kernels (dilated, masked, Point)."""
     c, g = draw(_channels())
@@ -248,6 +265,7 @@ def global_cases(draw) -> Case:
 
 CASES = {
     "conv": conv_cases,
+    "decomposed": decomposed_cases,
     "batched_conv": batched_conv_cases,
     "shifted_sum": shifted_sum_cases,
     "window_sdpa": window_cases,

@@ -3,6 +3,7 @@ as points on its sparsity, sharing and dynamism axes."""
 
 from unifiedops.acmix import ACmix, ACmixWindowAttention
 from unifiedops.aggregation import Aggregation
+from unifiedops.dcd import DCDConv2d, DCDKernel, DCDLinear
 from unifiedops.flops import count_flops, flop_breakdown, flop_counter
 from unifiedops.instances import (
     DWConv,
@@ -15,15 +16,23 @@ from unifiedops.instances import (
 from unifiedops.lka import LKA, LargeKernelGate
 from unifiedops.mixers import DynamicPositionEmbedding, MixingAttention, UniFormerGlobalMHRA, UniFormerLocalMHRA
 from unifiedops.mixture import CondConv, DYConv, MixtureKernel
+from unifiedops.odconv import ODConv2d, ODConvKernel, odconv_schedule
 from unifiedops.neighbourhoods import BORDERS, Global, Neighbourhood, Point, Sliding, Window
 from unifiedops.paths import PATHS, applicable_paths
 from unifiedops.warehouse import KWConv1d, KWConv2d, KWLinear, TemperatureSchedule, Warehouse, set_temperature
-from unifiedops.weights import DenseKernel, PositionKernel, QKAttention, SampleKernel, StaticKernel, WeightSource
+from unifiedops.weights import DecomposedKernelSource, DenseKernel, PositionKernel, QKAttention, SampleKernel, StaticKernel, WeightSource
 from unifiedops.xvolution import MergedXVolution, ShiftProductKernel, XVolution
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DCDConv2d",
+    "DCDKernel",
+    "DCDLinear",
+    "ODConv2d",
+    "ODConvKernel",
+    "odconv_schedule",
+    "DecomposedKernelSource",
     "BORDERS",
     "LKA",
     "PATHS",

@@ -35,6 +35,7 @@ __all__ = [
     "DYNAMISMS",
     "PROJECTIONS",
     "ConvKernelSource",
+    "DecomposedKernelSource",
     "DenseKernel",
     "PositionKernel",
     "QKAttention",
@@ -114,7 +115,8 @@ class WeightSource:
             ``(values, weights)``: the features aggregated, ``(B, Cv, Hp*Wp)`` (the padded input
                 itself, ``Cv = C``, unless the source aggregates a projection), and the weights,
                 ``(Bw, G, Pw, K)`` with ``Pw`` 1, ``H*W`` or ``Ho*Wo``; for a ``dense`` source
-                ``(Bw, O, C/conv_groups, Pw, K)``.
+                ``(Bw, O, C/conv_groups, Pw, K)``. A source whose bias depends on the input adds a
+                third item, that bias per sample, ``(B, O)``, which the path adds before ``finish``.
         """
         raise NotImplementedError
 
@@ -183,6 +185,22 @@ class ConvKernelSource(WeightSource):
         """
         return getattr(module, "bias", None)
 
+    def sample_kernels(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Kernels and bias for the ``batched_conv`` path.
+
+        By default ``(conv_weight(module, x), conv_bias(module))``; a source whose bias depends on the
+        input (DCD's) returns one bias per sample instead, and no ``conv_bias``.
+
+        Args:
+            module: The owning aggregation.
+            x: The input ``(B, C, H, W)``.
+
+        Returns:
+            ``(weight, bias)``: ``weight`` ``(B, O, C/conv_groups, k, k)``; ``bias`` ``(O,)``, ``(B, O)`` or
+            ``None``.
+        """
+        return self.conv_weight(module, x), self.conv_bias(module)
+
     def finish(self, module: nn.Module, y: torch.Tensor) -> torch.Tensor:
         """Add the [`conv_bias`][unifiedops.weights.ConvKernelSource.conv_bias], if any.
 
@@ -195,6 +213,27 @@ class ConvKernelSource(WeightSource):
         """
         bias = self.conv_bias(module)
         return y if bias is None else y + bias.view(1, -1, 1, 1)
+
+
+class DecomposedKernelSource(ConvKernelSource):
+    """A per-sample kernel source whose kernels factor as a static kernel plus a low-rank dynamic
+    part (DCD's ``W(x) = Λ(x) W0 + P Φ(x) Qᵀ``), so the ``decomposed`` path can compute it in feature
+    space: one static convolution for the whole batch and a few narrow ``1 x 1`` ones, instead of
+    assembling ``B`` full kernels. The kernel-space form (``sample_kernels``) stays available to the
+    ``batched_conv`` and ``reference`` paths, and must give the same output.
+    """
+
+    def feature_space(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The output computed from the factors, without assembling a kernel.
+
+        Args:
+            module: The owning aggregation.
+            x: The input ``(B, C, H, W)``.
+
+        Returns:
+            ``(B, O, Ho, Wo)``.
+        """
+        raise NotImplementedError
 
 
 def _kernel_slots(source: str, neighbourhood: Neighbourhood) -> int:
