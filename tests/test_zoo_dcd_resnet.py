@@ -45,7 +45,7 @@ def test_block_convs_are_dcd_with_the_official_sizes(name):
         assert (source.latent, source.squeeze, source.pool) == dims, layer
     strided = convs["layer2.0.conv2" if "50" in name else "layer2.0.conv1"]
     assert strided.neighbourhood.stride == 2 and strided.q.stride == (2, 2)
-    assert isinstance(model.fc, DCDLinear) and model.fc.latent == 32
+    assert isinstance(model.fc, DCDLinear) and model.fc.source.latent == 32
 
 
 def test_official_checkpoint_layout_loads():
