@@ -35,6 +35,24 @@ ATOL = 1e-9
 
 FAST_PATHS = ("conv", "decomposed", "batched_conv", "shifted_sum", "window_sdpa", "halo_sdpa", "global_sdpa")
 
+FAMILY_REPRESENTATIVES = {
+    "Swin": "swin_tiny",
+    "ACmix-Swin": "acmix_swin_tiny",
+    "DWNet": "dwnet_tiny",
+    "dynamic DWNet": "dynamic_dwnet_tiny",
+    "inhomogeneous dynamic DWNet": "i_dynamic_dwnet_tiny",
+    "VAN": "van_b0",
+    "ACmix-ResNet": "acmix_resnet26",
+    "KW ResNet": "kw_resnet18_1x",
+    "KW MobileNetV2": "kw_mobilenetv2_050_1x",
+    "KW ConvNeXt": "kw_convnext_tiny_1x",
+    "ConvNeXt": "uo_convnext_tiny",
+    "UniFormer": "uniformer_small",
+    "MixFormer": "mixformer_b0",
+}
+"""One model per zoo family, for the checks too slow to run on all 40 (export to ONNX, compile tracing);
+``test_export.test_one_representative_per_family`` keeps it complete."""
+
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:
     """``torch.testing.assert_close`` at the suite's float64 tolerances."""

@@ -10,7 +10,7 @@ Three levels, from cheap to expensive:
 2. Inductor, the default backend, generates and compiles C++ for the forward and the backward of
    every preset on its fast path, compared with eager.
 3. Zoo models, one block per stage at 64x64 (the KW MobileNetV2s one block per row, as their depth
-   is a fixed table), in eval mode: the smallest model of each family is captured with
+   is a fixed table), in eval mode: one model per family (``helpers.FAMILY_REPRESENTATIVES``) is captured with
    ``fullgraph=True`` (``eager`` backend), and ``INDUCTOR_MODELS`` are compiled with Inductor.
    ``UNIFIEDOPS_COMPILE_ALL=1`` captures all 40 models and compiles all 40 with Inductor.
 
@@ -47,8 +47,9 @@ import torch._dynamo.testing
 from torch import nn
 
 import zoo
+from helpers import FAMILY_REPRESENTATIVES
 from unifiedops import Aggregation, Sliding, StaticKernel, WindowAttention
-from unifiedops.catalog import PRESETS, ZOO_FAMILIES, preset_entry
+from unifiedops.catalog import PRESETS, preset_entry
 from zoo import kw_mobilenetv2
 
 COMPILE_ALL = os.environ.get("UNIFIEDOPS_COMPILE_ALL") == "1"
@@ -60,23 +61,8 @@ MODELS = zoo.list_models()
 # warehouse assembly, the classifier heads). Inductor takes 18-42 s per model cold on 2 cores.
 INDUCTOR_MODELS = MODELS if COMPILE_ALL else ("uo_convnext_tiny", "kw_resnet18_1x", "swin_tiny")
 # The variants of a family run the same code with other widths and depths, so a graph break in one is a graph
-# break in all: CI traces the smallest model of each family (5 s each; all 40 take 3 minutes).
-FAMILY_MODELS = {
-    "Swin": "swin_tiny",
-    "ACmix-Swin": "acmix_swin_tiny",
-    "DWNet": "dwnet_tiny",
-    "dynamic DWNet": "dynamic_dwnet_tiny",
-    "inhomogeneous dynamic DWNet": "i_dynamic_dwnet_tiny",
-    "VAN": "van_b0",
-    "ACmix-ResNet": "acmix_resnet26",
-    "KW ResNet": "kw_resnet18_1d4x",
-    "KW MobileNetV2": "kw_mobilenetv2_050_1d2x",
-    "KW ConvNeXt": "kw_convnext_tiny_1x",
-    "ConvNeXt": "uo_convnext_tiny",
-    "UniFormer": "uniformer_small",
-    "MixFormer": "mixformer_b0",
-}
-TRACED_MODELS = MODELS if COMPILE_ALL else list(FAMILY_MODELS.values())
+# break in all: CI traces one model per family (5 s each; all 40 take 3 minutes).
+TRACED_MODELS = MODELS if COMPILE_ALL else list(FAMILY_REPRESENTATIVES.values())
 
 
 @pytest.fixture(autouse=True)
@@ -280,12 +266,6 @@ def compare_model(name: str, backend: str) -> float:
 @pytest.mark.parametrize("name", TRACED_MODELS)
 def test_zoo_model_is_one_graph(name):
     compare_model(name, "eager")
-
-
-def test_traced_models_cover_every_family():
-    assert sorted(FAMILY_MODELS) == sorted(f.name for f in ZOO_FAMILIES)
-    for family in ZOO_FAMILIES:
-        assert family.matches(FAMILY_MODELS[family.name])
 
 
 @pytest.mark.parametrize("name", INDUCTOR_MODELS)

@@ -2,7 +2,7 @@
 
 What is exported, and why the reductions keep the property:
 
-* One model per zoo family (``REPRESENTATIVES``), at depths ``(1, 1, 1, 1)`` (KW MobileNetV2 has no
+* One model per zoo family (``helpers.FAMILY_REPRESENTATIVES``), at depths ``(1, 1, 1, 1)`` (KW MobileNetV2 has no
   depth argument and is exported whole): ``torch.export``, then the exported program to ONNX, run
   with ONNX Runtime on the CPU. Export traces each block of a stage the same way, and deeper or wider
   variants of a family repeat the same blocks with other sizes, so one block per stage of one model
@@ -48,28 +48,13 @@ from torch._dynamo.exc import UserError
 from torch.export import Dim
 
 import zoo
+from helpers import FAMILY_REPRESENTATIVES
 from unifiedops import NeighborhoodAttention, WindowAttention
 from unifiedops.catalog import PRESETS, ZOO_FAMILIES, preset_entry, zoo_family
 from unifiedops.testing import randomize_
 
 MODELS = zoo.list_models()
 
-REPRESENTATIVES = {
-    "Swin": "swin_tiny",
-    "ACmix-Swin": "acmix_swin_tiny",
-    "DWNet": "dwnet_tiny",
-    "dynamic DWNet": "dynamic_dwnet_tiny",
-    "inhomogeneous dynamic DWNet": "i_dynamic_dwnet_tiny",
-    "VAN": "van_b0",
-    "ACmix-ResNet": "acmix_resnet26",
-    "KW ResNet": "kw_resnet18_1x",
-    "KW MobileNetV2": "kw_mobilenetv2_050_1x",
-    "KW ConvNeXt": "kw_convnext_tiny_1x",
-    "ConvNeXt": "uo_convnext_tiny",
-    "UniFormer": "uniformer_small",
-    "MixFormer": "mixformer_b0",
-}
-"""One model per zoo family, for the slow checks (ONNX, dynamic shapes)."""
 
 EXPORT_FAILURES: dict[str, str] = {}
 """Zoo models or presets that ``torch.export`` cannot export, with the reason (none)."""
@@ -184,8 +169,8 @@ def _assert_onnx_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 def test_one_representative_per_family():
-    assert set(REPRESENTATIVES) == {family.name for family in ZOO_FAMILIES}
-    for family, name in REPRESENTATIVES.items():
+    assert set(FAMILY_REPRESENTATIVES) == {family.name for family in ZOO_FAMILIES}
+    for family, name in FAMILY_REPRESENTATIVES.items():
         assert name in MODELS and zoo_family(name).name == family
 
 
@@ -199,7 +184,7 @@ def test_failure_lists_name_known_models_and_presets():
 
 
 @pytest.mark.parametrize(
-    "name", [_expected_failure(n, {**EXPORT_FAILURES, **ONNX_FAILURES}) for n in REPRESENTATIVES.values()]
+    "name", [_expected_failure(n, {**EXPORT_FAILURES, **ONNX_FAILURES}) for n in FAMILY_REPRESENTATIVES.values()]
 )
 def test_torch_export_and_onnx_match_eager(name):
     """``torch.export`` matches eager at 1e-5; the program, converted to ONNX, matches in ONNX Runtime."""
@@ -299,5 +284,5 @@ def test_dynamic_size_failures_have_a_tested_cause():
     table_paths = set(_DYNAMIC_SIZE_TESTED)
     for family in ZOO_FAMILIES:
         paths = {p for m in family.mixers for p in preset_entry(m).fast_path.split(" + ")}
-        listed = REPRESENTATIVES[family.name] in DYNAMIC_SIZE_FAILURES
+        listed = FAMILY_REPRESENTATIVES[family.name] in DYNAMIC_SIZE_FAILURES
         assert listed == bool(paths & table_paths), family.name
