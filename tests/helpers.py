@@ -46,6 +46,8 @@ FAMILY_REPRESENTATIVES = {
     "KW ResNet": "kw_resnet18_1x",
     "KW MobileNetV2": "kw_mobilenetv2_050_1x",
     "KW ConvNeXt": "kw_convnext_tiny_1x",
+    "ODConv ResNet": "od_resnet18_1x",
+    "DCD ResNet": "dcd_resnet18",
     "ConvNeXt": "uo_convnext_tiny",
     "UniFormer": "uniformer_small",
     "MixFormer": "mixformer_b0",

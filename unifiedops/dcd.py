@@ -52,6 +52,7 @@ __all__ = [
     "convert_official_dycls",
     "dcd_dims",
     "dcd_mobilenetv2_dims",
+    "switch_off_low_rank_",
 ]
 
 
@@ -220,6 +221,11 @@ class DCDKernel(DecomposedKernelSource):
     [`SqueezeGate`][unifiedops.dcd.SqueezeGate]), ``fc_phi`` (``squeeze -> L²``) and ``fc_scale``
     (``squeeze -> O``, through [`ScaledHardSigmoid`][unifiedops.dcd.ScaledHardSigmoid]).
 
+    Initialisation: ``conv`` and ``q`` as the official code (Kaiming normal, ``fan_out``), the context's
+    ``Linear`` layers PyTorch's default, and ``p`` zero, so a fresh layer is its static convolution
+    scaled by ``Λ(x)``: the low-rank term is quadratic in the input, and with the official
+    initialisation (``p`` Kaiming normal too) an untrained network overflows to NaN in eval mode.
+
     Args:
         channels: Input channels ``C``.
         out_channels: Output channels ``O``.
@@ -275,6 +281,11 @@ class DCDKernel(DecomposedKernelSource):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             if conv.bias is not None:
                 nn.init.zeros_(conv.bias)
+        # P Φ(x) z is quadratic in the input. With the official initialisation and the initial
+        # running statistics, an untrained DCD ResNet-18 squares its activations block by block in
+        # eval mode and overflows to NaN by layer2 (the official model too). P = 0 at the start
+        # switches the low-rank branch off until training has moved it (and the statistics).
+        switch_off_low_rank_(module)
 
     def context(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The dynamic factors of a batch.
@@ -485,6 +496,16 @@ class DCDLinear(Aggregation):
         source = DCDKernel(in_features, out_features, latent, squeeze, bias=True)
         super().__init__(Point(), source, path=path)
 
+    @property
+    def in_features(self) -> int:
+        """Input features ``C``, as ``nn.Linear`` names them."""
+        return self.source.channels
+
+    @property
+    def out_features(self) -> int:
+        """Output features (classes) ``O``, as ``nn.Linear`` names them."""
+        return self.source.out_channels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Classify.
 
@@ -532,3 +553,21 @@ def convert_official_dycls(state_dict: Mapping[str, torch.Tensor], prefix: str =
                 value = value[:, :, None, None]
         out[key] = value
     return out
+
+
+@torch.no_grad()
+def switch_off_low_rank_(model: nn.Module) -> nn.Module:
+    """Zero ``P`` of every DCD layer in ``model``, so each starts as its static convolution scaled by
+    ``Λ(x)`` (the layers' own initialisation; a network whose initialisation loop re-initialises every
+    ``nn.Conv2d`` calls this afterwards).
+
+    Args:
+        model: Any module.
+
+    Returns:
+        ``model``, changed in place.
+    """
+    for module in model.modules():
+        if isinstance(module, Aggregation) and isinstance(module.source, DCDKernel):
+            module.p.weight.zero_()
+    return model

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unifiedops.dcd import DCDConv2d, DCDLinear, convert_official_dycls
+from unifiedops.dcd import DCDConv2d, DCDLinear, convert_official_dycls, switch_off_low_rank_
 from zoo.blocks import register_variants
 from zoo.blocks.resnet_layout import ConvSpec, ResNetLayout, plain_conv
 
@@ -51,6 +51,7 @@ class DCDResNet(ResNetLayout):
             return DCDConv2d(spec.in_chs, spec.out_chs, spec.kernel_size, spec.stride, pool=pool)
 
         super().__init__(block, layers, factory, **kwargs)
+        switch_off_low_rank_(self)  # after the layout's initialisation of every conv
 
     @staticmethod
     def _linear(num_features: int, num_classes: int) -> nn.Module:
