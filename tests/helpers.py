@@ -28,6 +28,7 @@ from unifiedops import (
 )
 from unifiedops.dcd import DCDConv2d, DCDKernel
 from unifiedops.testing import assert_matches_reference, neighbourhoods, randomize_, weight_sources
+from zoo.blocks.mobilenetv2_layout import MOBILENETV2_ROWS
 
 F64 = torch.float64
 RTOL = 1e-6
@@ -47,13 +48,23 @@ FAMILY_REPRESENTATIVES = {
     "KW MobileNetV2": "kw_mobilenetv2_050_1x",
     "KW ConvNeXt": "kw_convnext_tiny_1x",
     "ODConv ResNet": "od_resnet18_1x",
+    "ODConv MobileNetV2": "od_mobilenetv2_100_1x",
     "DCD ResNet": "dcd_resnet18",
+    "DCD MobileNetV2": "dcd_mobilenetv2_100",
     "ConvNeXt": "uo_convnext_tiny",
     "UniFormer": "uniformer_small",
     "MixFormer": "mixformer_b0",
 }
 """One model per zoo family, for the checks too slow to run on all 40 (export to ONNX, compile tracing);
 ``test_export.test_one_representative_per_family`` keeps it complete."""
+
+
+def shallow_kwargs(name: str) -> dict:
+    """Keyword arguments that build zoo model ``name`` with one block per stage (per row for the ODConv and
+    DCD MobileNetV2s; the KW MobileNetV2s take no depth argument)."""
+    if "mobilenetv2" in name:
+        return {"rows": tuple((t, c, 1, s) for t, c, _, s in MOBILENETV2_ROWS)}
+    return {"layers" if "resnet" in name else "depths": (1, 1, 1, 1)}
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:

@@ -48,7 +48,7 @@ from torch._dynamo.exc import UserError
 from torch.export import Dim
 
 import zoo
-from helpers import FAMILY_REPRESENTATIVES
+from helpers import FAMILY_REPRESENTATIVES, shallow_kwargs
 from unifiedops import NeighborhoodAttention, WindowAttention
 from unifiedops.catalog import PRESETS, ZOO_FAMILIES, preset_entry, zoo_family
 from unifiedops.testing import randomize_
@@ -86,9 +86,9 @@ ONNX_RELATIVE_TOLERANCE = 1e-4
 
 
 def _build(name: str, **kwargs) -> nn.Module:
-    """The zoo model at depths ``(1, 1, 1, 1)`` (KW MobileNetV2 whole: it has no depth argument)."""
+    """The zoo model at one block per stage (KW MobileNetV2 whole: it has no depth argument)."""
     if not name.startswith("kw_mobilenetv2"):
-        kwargs["layers" if name.startswith(("kw_resnet", "acmix_resnet")) else "depths"] = (1, 1, 1, 1)
+        kwargs.update(shallow_kwargs(name))
     return timm.create_model(name, **kwargs)
 
 

@@ -18,6 +18,7 @@ import timm
 from zoo import (
     acmix_resnet,
     convnext_family,
+    dcd_mobilenetv2,
     dcd_resnet,
     dwnet,
     kw_mobilenetv2,
@@ -38,6 +39,7 @@ __all__ = [
     "StageSpec",
     "acmix_resnet",
     "convnext_family",
+    "dcd_mobilenetv2",
     "dcd_resnet",
     "dwnet",
     "kw_mobilenetv2",

@@ -329,15 +329,20 @@ class MobileNetV2Layout(Backbone):
         return take
 
 
-def convert_official_mobilenetv2(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def convert_official_mobilenetv2(
+    state_dict: Mapping[str, torch.Tensor], *, flat_blocks: bool = False
+) -> dict[str, torch.Tensor]:
     """Rename an official dynamic MobileNetV2 state dict, in torchvision's layout, to timm's.
 
-    Serves the KernelWarehouse and ODConv MobileNetV2s (and torchvision's own ``mobilenet_v2``).
-    A DataParallel ``module.`` prefix is dropped; ``features.0.{0,1}`` become ``conv_stem``/``bn1``;
+    Serves the KernelWarehouse and ODConv MobileNetV2s (and torchvision's own ``mobilenet_v2``) and,
+    with ``flat_blocks``, the DCD MobileNetV2 (the layout of tonylins/pytorch-mobilenet-v2). A
+    DataParallel ``module.`` prefix is dropped; ``features.0.{0,1}`` become ``conv_stem``/``bn1``;
     ``features.<k>`` (k = 1..17) become ``blocks.<row>.<j>``, with ``conv.0.0``/``conv.0.1`` the first
-    convolution and its norm, ``conv.1...`` the next, and so on; the last ``features`` entry becomes
-    ``conv_head``/``bn2``; ``classifier.1`` (the ``Linear`` or KW classifier behind the official
-    ``Dropout``) becomes ``classifier``. Other keys (``warehouse_manager.*``) pass unchanged.
+    convolution and its norm, ``conv.1...`` the next, and so on (flat: ``conv.<i>``, one ``Sequential``
+    of convolutions, norms and activations); the head is the last ``features`` entry (flat: the
+    top-level ``conv``) and becomes ``conv_head``/``bn2``; the classifier behind the official
+    ``Dropout`` (``classifier.1``, or ``classifier.0`` without one) becomes ``classifier``. Other keys
+    (``warehouse_manager.*``) pass unchanged.
 
     Only the keys change, in their order: every tensor is passed through with its shape (a plain
     kernel stays ``(C_out, C_in, k, k)``, an ODConv kernel ``(n, C_out, C_in, k, k)``, a BatchNorm
@@ -345,13 +350,15 @@ def convert_official_mobilenetv2(state_dict: Mapping[str, torch.Tensor]) -> dict
 
     Args:
         state_dict: The official model's ``state_dict()``.
+        flat_blocks: The blocks are flat ``Sequential``s and the head a top-level ``conv`` (DCD).
 
     Returns:
         A state dict that loads into the matching model on
         [`MobileNetV2Layout`][zoo.blocks.mobilenetv2_layout.MobileNetV2Layout] with ``strict=True``.
     """
     places = [(r, j) for r, row in enumerate(MOBILENETV2_ROWS) for j in range(row[2])]
-    head_index = len(places) + 1
+    head_index = None if flat_blocks else len(places) + 1
+    block_pattern = r"^conv\.(\d+)\.()(.*)$" if flat_blocks else r"^conv\.(\d+)\.(?:(\d+)\.)?(.*)$"
     out = {}
     for key, value in state_dict.items():
         key = key.removeprefix("module.")
@@ -363,21 +370,25 @@ def convert_official_mobilenetv2(state_dict: Mapping[str, torch.Tensor]) -> dict
                 key = re.sub(r"^0\.", f"{conv}.", re.sub(r"^1\.", f"{norm}.", rest))
             else:
                 r, j = places[index - 1]
-                names = _official_block_names(MOBILENETV2_ROWS[r][0])
-                sub = re.match(r"^conv\.(\d+)\.(?:(\d+)\.)?(.*)$", rest)
-                if sub is None:
-                    raise ValueError(f"state_dict has a key outside torchvision's block layout: {key!r}")
-                position = (int(sub[1]), int(sub[2]) if sub[2] is not None else None)
+                names = _official_block_names(MOBILENETV2_ROWS[r][0], flat_blocks)
+                sub = re.match(block_pattern, rest)
+                position = None if sub is None else (int(sub[1]), int(sub[2]) if sub[2] else None)
                 if position not in names:
-                    raise ValueError(f"state_dict has a key outside torchvision's block layout: {key!r}")
+                    raise ValueError(f"state_dict has a key outside the official block layout: {key!r}")
                 key = f"blocks.{r}.{j}.{names[position]}.{sub[3]}"
-        key = re.sub(r"^classifier\.1\.", "classifier.", key)
+        elif flat_blocks:
+            key = re.sub(r"^conv\.0\.", "conv_head.", re.sub(r"^conv\.1\.", "bn2.", key))
+        key = re.sub(r"^classifier\.[01]\.", "classifier.", key)
         out[key] = value
     return out
 
 
-def _official_block_names(t: int) -> dict[tuple[int, int | None], str]:
+def _official_block_names(t: int, flat: bool = False) -> dict[tuple[int, int | None], str]:
     """Where the layers of an official block (``conv.<i>[.<j>]``) sit in timm's block."""
+    if flat:  # conv, norm, activation, conv, norm[, activation, conv, norm]: indices 0, 1, 3, 4, 6, 7
+        names = ["conv_dw", "bn1", "conv_pw", "bn2"] if t == 1 else ["conv_pw", "bn1", "conv_dw", "bn2", "conv_pwl"]
+        names += [] if t == 1 else ["bn3"]
+        return {(3 * (i // 2) + i % 2, None): name for i, name in enumerate(names)}
     if t == 1:
         return {(0, 0): "conv_dw", (0, 1): "bn1", (1, None): "conv_pw", (2, None): "bn2"}
     return {
