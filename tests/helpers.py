@@ -67,6 +67,24 @@ def shallow_kwargs(name: str) -> dict:
     return {"layers" if "resnet" in name else "depths": (1, 1, 1, 1)}
 
 
+@torch.no_grad()
+def calibrate_batch_norm_(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Set every BatchNorm's running statistics to those of the batch ``x`` (one train-mode forward with
+    a cumulative average), and return ``model`` in eval mode.
+
+    Random or initial statistics do not fit the activations they meet: the KW MobileNetV2s' shrink to
+    exactly 0, and DCD's low-rank term, quadratic in its input, overflows.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = None
+    model.train()(x)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    return model.eval()
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:
     """``torch.testing.assert_close`` at the suite's float64 tolerances."""
     torch.testing.assert_close(actual, expected, rtol=RTOL, atol=ATOL, msg=(lambda m: f"{msg}: {m}") if msg else None)
