@@ -101,25 +101,24 @@ def test_matches_the_official_form(case, seed):
         assert_close(module(x), official_form(module, x), path)
 
 
+@pytest.mark.parametrize("path", ["batched_conv", "reference"])
 @pytest.mark.parametrize("wrong", ["channel attention on the output", "spatial attention transposed"])
-def test_the_official_form_catches_a_wrong_assembly(wrong, monkeypatch):
-    """The check can fail: an assembly that applies an attention along the wrong axis differs."""
+def test_the_official_form_catches_a_wrong_assembly(wrong, path, monkeypatch):
+    """The check can fail: attentions applied along the wrong axis give a different output."""
     module = _build(functools.partial(ODConv2d, 4, 4, 3, kernel_num=3, reduction=1.0), 0)
+    module.path = path
     x = torch.randn(2, 4, 6, 5, dtype=F64)
-    source = module.source
-    original = type(source).assemble
+    original = OmniAttention.forward
 
-    def assemble(self, mod, attentions):
+    def forward(self, inp):
+        attentions = original(self, inp)
         if wrong == "channel attention on the output":
-            attentions = attentions._replace(filter=attentions.filter * attentions.channel)
-            attentions = attentions._replace(channel=torch.ones_like(attentions.channel))
-        else:
-            s = attentions.spatial.view(-1, 3, 3).transpose(1, 2).reshape(-1, 9)
-            attentions = attentions._replace(spatial=s)
-        return original(self, mod, attentions)
+            filter_ = attentions.filter * attentions.channel
+            return attentions._replace(filter=filter_, channel=torch.ones_like(attentions.channel))
+        return attentions._replace(spatial=attentions.spatial.view(-1, 3, 3).transpose(1, 2).reshape(-1, 9))
 
     assert_close(module(x), official_form(module, x))
-    monkeypatch.setattr(type(source), "assemble", assemble)
+    monkeypatch.setattr(OmniAttention, "forward", forward)
     assert not torch.allclose(module(x), official_form(module, x))
 
 

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from unifiedops.acmix import ACmix, ACmixWindowAttention
+from unifiedops.dcd import DCDConv2d, DCDLinear
 from unifiedops.instances import (
     DWConv,
     DynamicDWConv,
@@ -45,7 +46,6 @@ from unifiedops.instances import (
     NeighborhoodAttention,
     WindowAttention,
 )
-from unifiedops.dcd import DCDConv2d, DCDLinear
 from unifiedops.lka import LKA
 from unifiedops.mixers import DynamicPositionEmbedding, MixingAttention, UniFormerGlobalMHRA, UniFormerLocalMHRA
 from unifiedops.mixture import CondConv, DYConv

@@ -41,7 +41,7 @@ from torch import nn
 from unifiedops._checks import check_bool, check_int
 from unifiedops.aggregation import Aggregation
 from unifiedops.neighbourhoods import Layout, Neighbourhood, Point, Sliding
-from unifiedops.weights import DecomposedKernelSource
+from unifiedops.weights import DecomposedKernelSource, SampleKernels
 
 __all__ = [
     "DCDConv2d",
@@ -318,7 +318,7 @@ class DCDKernel(DecomposedKernelSource):
         latent = module.bn2(torch.bmm(phi, latent)) + latent
         return module.p(latent.view_as(z)) + static
 
-    def sample_kernels(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_kernels(self, module: nn.Module, x: torch.Tensor) -> SampleKernels:
         """The per-sample kernels and biases of the kernel-space form.
 
         Args:
@@ -326,7 +326,7 @@ class DCDKernel(DecomposedKernelSource):
             x: The input ``(B, C, H, W)``.
 
         Returns:
-            ``(weight, bias)``: ``(B, O, C, k, k)`` and ``(B, O)``.
+            ``SampleKernels(weight, bias)``: ``(B, O, C, k, k)`` and ``(B, O)``.
         """
         phi, scale = self.context(module, x)
         if module.bn1.training or module.bn2.training:
@@ -348,7 +348,7 @@ class DCDKernel(DecomposedKernelSource):
         bias = latent_bias @ p.T
         if module.conv.bias is not None:
             bias = bias + scale * module.conv.bias
-        return kernels + centre, bias
+        return SampleKernels(kernels + centre, bias)
 
     def conv_weight(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The per-sample kernels of the kernel-space form (their biases: ``sample_kernels``).
@@ -360,7 +360,7 @@ class DCDKernel(DecomposedKernelSource):
         Returns:
             ``(B, O, C, k, k)``.
         """
-        return self.sample_kernels(module, x)[0]
+        return self.sample_kernels(module, x).weight
 
     def conv_bias(self, module: nn.Module) -> None:
         """No input-independent bias: DCD's bias is per sample (``sample_kernels``).
@@ -387,7 +387,7 @@ class DCDKernel(DecomposedKernelSource):
         Returns:
             ``(values, weights, bias)``: ``(B, C, Hp*Wp)``, ``(B, O, C, 1, K)`` and ``(B, O)``.
         """
-        weight, bias = self.sample_kernels(module, x)
+        weight, bias, *_ = self.sample_kernels(module, x)
         return padded.flatten(2), weight.flatten(3).unsqueeze(3), bias
 
 

@@ -32,7 +32,7 @@ from unifiedops._checks import check_divisible, check_int, check_number
 from unifiedops.aggregation import Aggregation
 from unifiedops.neighbourhoods import Layout, Neighbourhood, Sliding
 from unifiedops.warehouse import TemperatureSchedule
-from unifiedops.weights import ConvKernelSource
+from unifiedops.weights import ConvKernelSource, SampleKernels
 
 __all__ = ["ODConv2d", "ODConvKernel", "OmniAttention", "OmniAttentions", "odconv_schedule"]
 
@@ -205,12 +205,13 @@ class ODConvKernel(ConvKernelSource):
         )
         module.bias = None
 
-    def assemble(self, module: nn.Module, attentions: OmniAttentions) -> torch.Tensor:
+    def assemble(self, module: nn.Module, attentions: OmniAttentions, *, scales: bool = True) -> torch.Tensor:
         """The per-sample kernels ``a_f[o] a_c[i] sum_e a_w[e] (a_s ⊙ W_e)[o, i]``.
 
         Args:
             module: The owning aggregation (holds ``weight`` ``(n, O, C/groups, k, k)``).
             attentions: The layer's [`OmniAttentions`][unifiedops.odconv.OmniAttentions] for a batch.
+            scales: Include the channel and filter attentions (``False``: ``sum_e a_w[e] (a_s ⊙ W_e)``).
 
         Returns:
             ``(B, O, C/groups, k, k)``.
@@ -218,18 +219,41 @@ class ODConvKernel(ConvKernelSource):
         w = module.weight
         _, o, cg, k, _ = w.shape
         b = attentions.channel.shape[0]
+        if not scales:
+            attentions = attentions._replace(channel=None, filter=None)
         if attentions.kernel is None:
             kernels = w[0].expand(b, o, cg, k, k)
         else:
             kernels = torch.mm(attentions.kernel, w.flatten(1)).view(b, o, cg, k, k)
         if attentions.spatial is not None:
             kernels = kernels * attentions.spatial.view(b, 1, 1, k, k)
-        # Input channel i of group j, seen by filter o of that group, is channel j * C/groups + i.
-        channel = attentions.channel.view(b, self.groups, 1, cg).expand(b, self.groups, o // self.groups, cg)
-        kernels = kernels * channel.reshape(b, o, cg, 1, 1)
+        if attentions.channel is not None:
+            # Input channel i of group j, seen by filter o of that group, is channel j * C/groups + i.
+            channel = attentions.channel.view(b, self.groups, 1, cg).expand(b, self.groups, o // self.groups, cg)
+            kernels = kernels * channel.reshape(b, o, cg, 1, 1)
         if attentions.filter is not None:
             kernels = kernels * attentions.filter.view(b, o, 1, 1, 1)
         return kernels
+
+    def sample_kernels(self, module: nn.Module, x: torch.Tensor) -> SampleKernels:
+        """The kernels with the channel and filter attentions left as input and output scales.
+
+        ``W_b = diag(a_f) W'_b diag(a_c)`` with ``W'_b = sum_e a_w[e] (a_s ⊙ W_e)``: the ``batched_conv``
+        path scales the input by ``a_c`` and the output by ``a_f`` (the official computation), which
+        costs ``B (C H W + O Ho Wo)`` multiplications instead of two passes over ``B`` kernels of
+        ``O C k²/groups`` each.
+
+        Args:
+            module: The owning aggregation.
+            x: The input ``(B, C, H, W)``.
+
+        Returns:
+            ``SampleKernels(W', None, a_c, a_f)``: ``(B, O, C/groups, k, k)``, ``(B, C)``, ``(B, O)`` or
+            ``None`` for a depth-wise layer.
+        """
+        attentions = module.attention(x)
+        kernels = self.assemble(module, attentions, scales=False)
+        return SampleKernels(kernels, None, attentions.channel, attentions.filter)
 
     def conv_weight(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The per-sample kernels of ``x``.

@@ -120,15 +120,30 @@ def _run_conv(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
 
 def _run_batched_conv(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
     source = module.source
-    b, c = x.shape[:2]
     _, padding, dilation, stride = _conv_geometry(module.neighbourhood)
-    weight, bias = source.sample_kernels(module, x)  # (B, O, C/g, k, k), read before any padding
+    weight, bias, in_scale, out_scale = source.sample_kernels(module, x)  # read before any padding
+    if in_scale is not None:
+        x = x * in_scale[:, :, None, None]
     x, padding = _pad_for_conv(module.neighbourhood, x, padding)
+    y = _batched_conv(x, weight, bias, padding, dilation, stride, source.conv_groups)
+    return y if out_scale is None else y * out_scale[:, :, None, None]
+
+
+def _batched_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: int,
+    dilation: int,
+    stride: int,
+    groups: int,
+) -> torch.Tensor:
+    """Sample ``b`` of ``x`` (already padded by any rule but zeros) convolved with ``weight[b]``."""
+    b, c = x.shape[:2]
     per_sample_bias = bias is not None and bias.dim() == 2
     if b == 0:  # an empty batch has no kernels to fold; any kernel of the right shape gives the empty output
         bias = bias.sum(0) if per_sample_bias else bias
-        return F.conv2d(x, weight.sum(0), bias, stride, padding, dilation, source.conv_groups)
-    groups = source.conv_groups
+        return F.conv2d(x, weight.sum(0), bias, stride, padding, dilation, groups)
     if x.device.type == "cpu" and groups < c and isinstance(b, int):
         # oneDNN runs a grouped conv of B dense groups ~2.5x slower than B single-sample convs
         # (256->256 3x3 at 14x14, B=8: 25 ms against 10 ms); depth-wise kernels batch well. A
@@ -148,7 +163,7 @@ def _run_batched_conv(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
         stride,
         padding,
         dilation,
-        b * source.conv_groups,
+        b * groups,
     )
     return y.view(b, -1, *y.shape[2:])
 

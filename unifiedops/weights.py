@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ __all__ = [
     "QKAttention",
     "SameChannels",
     "SampleKernel",
+    "SampleKernels",
     "StaticKernel",
     "WeightSource",
     "coordinate_grid",
@@ -142,6 +143,23 @@ class SameChannels:
         return self.channels  # type: ignore[attr-defined]
 
 
+class SampleKernels(NamedTuple):
+    """Per-sample kernels as the ``batched_conv`` path takes them: sample ``b`` is convolved as
+    ``out_scale[b] ⊙ (conv(in_scale[b] ⊙ x_b, weight[b]) + bias[b])``; a ``None`` factor is 1 (bias 0).
+
+    Attributes:
+        weight: ``(B, O, C/groups, k, k)`` (``(1, ...)`` expanded is fine).
+        bias: ``(O,)``, ``(B, O)`` or ``None``.
+        in_scale: Per-sample input-channel scales ``(B, C)`` or ``None``.
+        out_scale: Per-sample output-channel scales ``(B, O)`` or ``None``.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+    in_scale: torch.Tensor | None = None
+    out_scale: torch.Tensor | None = None
+
+
 class ConvKernelSource(WeightSource):
     """A source whose weights are convolution kernels shared across positions (static or per
     sample), so the ``conv`` and ``batched_conv`` paths can run it with ``F.conv2d``.
@@ -185,21 +203,24 @@ class ConvKernelSource(WeightSource):
         """
         return getattr(module, "bias", None)
 
-    def sample_kernels(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Kernels and bias for the ``batched_conv`` path.
+    def sample_kernels(self, module: nn.Module, x: torch.Tensor) -> SampleKernels:
+        """Kernels and bias for the ``batched_conv`` path, possibly with diagonal factors left apart.
 
-        By default ``(conv_weight(module, x), conv_bias(module))``; a source whose bias depends on the
-        input (DCD's) returns one bias per sample instead, and no ``conv_bias``.
+        By default ``SampleKernels(conv_weight(module, x), conv_bias(module))``. A source whose bias
+        depends on the input (DCD's) returns one bias per sample; a source whose kernel is
+        ``diag(out_scale_b) W_b diag(in_scale_b)`` (ODConv's filter and channel attentions; a bias is
+        then scaled too) may return
+        ``W_b`` and the two scales, which the path applies to the activations: ``B * (C*H*W + O*Ho*Wo)``
+        multiplications instead of two passes over ``B`` full kernels.
 
         Args:
             module: The owning aggregation.
             x: The input ``(B, C, H, W)``.
 
         Returns:
-            ``(weight, bias)``: ``weight`` ``(B, O, C/conv_groups, k, k)``; ``bias`` ``(O,)``, ``(B, O)`` or
-            ``None``.
+            A [`SampleKernels`][unifiedops.weights.SampleKernels].
         """
-        return self.conv_weight(module, x), self.conv_bias(module)
+        return SampleKernels(self.conv_weight(module, x), self.conv_bias(module))
 
     def finish(self, module: nn.Module, y: torch.Tensor) -> torch.Tensor:
         """Add the [`conv_bias`][unifiedops.weights.ConvKernelSource.conv_bias], if any.
