@@ -305,9 +305,13 @@ def test_errors():
         DCDConv2d(4, 4, pool=0)
     with pytest.raises(ValueError, match="in_features"):
         DCDLinear(0, 3)
-    with pytest.raises(ValueError, match="out_channels"):
+    with pytest.raises(ValueError, match="out_features"):
         DCDLinear(3, 0)
-    with pytest.raises(ValueError, match=r"x must be \(B, 6\)"):
+    with pytest.raises(ValueError, match=r"x must be 2-D \(B, C\)"):
         DCDLinear(6, 3)(torch.randn(2, 6, 1, 1))
+    with pytest.raises(ValueError, match=r"x has 5 features .*in_features=6"):
+        DCDLinear(6, 3)(torch.randn(2, 5))
+    with pytest.raises(TypeError, match="floating-point"):
+        DCDLinear(6, 3)(torch.ones(2, 6, dtype=torch.int64))
     with pytest.raises(ValueError, match="path"):
         DCDConv2d(4, 4, path="conv")

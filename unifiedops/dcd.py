@@ -65,7 +65,7 @@ class ScaledHardSigmoid(nn.Module):
     ``Hardsigmoid``), so a channel can be amplified as well as damped.
 
     Shape:
-        Any shape, unchanged.
+        ``(B, ...) -> (B, ...)``: any shape, unchanged.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +89,7 @@ class SqueezeGate(nn.Module):
         channels: Width of ``h``.
 
     Shape:
-        ``(B, channels) -> (B, channels)``.
+        ``(B, S) -> (B, S)`` with ``S = channels``.
     """
 
     def __init__(self, channels: int) -> None:
@@ -493,6 +493,7 @@ class DCDLinear(Aggregation):
         self, in_features: int, out_features: int, latent: int = 32, squeeze: int = 32, *, path: str = "auto"
     ) -> None:
         check_int("in_features", in_features, minimum=1)
+        check_int("out_features", out_features, minimum=1)
         source = DCDKernel(in_features, out_features, latent, squeeze, bias=True)
         super().__init__(Point(), source, path=path)
 
@@ -515,10 +516,14 @@ class DCDLinear(Aggregation):
         Returns:
             Logits ``(B, O)``.
         """
-        c = self.source.channels
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != c:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must be (B, {c}), got {shape}")
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 2:
+            raise ValueError(f"x must be 2-D (B, C), got a {x.dim()}-D tensor of shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_features:
+            raise ValueError(
+                f"x has {x.shape[1]} features but the layer was built for in_features={self.in_features} (B, C)"
+            )
         return super().forward(x[:, :, None, None]).flatten(1)
 
 

@@ -11,7 +11,10 @@ over the ``n`` kernels. Each sample is convolved with
 The official code scales the input by ``a_c`` and the output by ``a_f``; without a bias, and with zero
 padding, folding both into the kernel is the same convolution, so ODConv is one more per-sample
 kernel source on the sliding, dense, per-sample point of the axes (beside CondConv, DY-Conv and
-KernelWarehouse) and runs on the shared ``batched_conv`` and ``reference`` paths.
+KernelWarehouse) and runs on the shared ``batched_conv`` and ``reference`` paths. The reference path
+folds all four attentions into the kernel; ``batched_conv`` assembles ``sum_e a_w[e] (a_s ⊙ W_e)`` and
+applies ``a_c`` and ``a_f`` to the activations, which is cheaper than two more passes over ``B``
+kernels (see [`SampleKernels`][unifiedops.weights.SampleKernels]).
 
 Like the official code, the spatial, channel and filter attentions are shared by all ``n`` kernels
 (the paper writes one per kernel), and a head that cannot apply is absent: the filter head for a

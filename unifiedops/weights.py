@@ -242,6 +242,9 @@ class DecomposedKernelSource(ConvKernelSource):
     space: one static convolution for the whole batch and a few narrow ``1 x 1`` ones, instead of
     assembling ``B`` full kernels. The kernel-space form (``sample_kernels``) stays available to the
     ``batched_conv`` and ``reference`` paths, and must give the same output.
+
+    Args:
+        channels: Number of channels ``C`` the aggregation reads.
     """
 
     def feature_space(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:

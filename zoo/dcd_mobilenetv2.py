@@ -78,7 +78,8 @@ def convert_official_dcd_mobilenetv2(state_dict: Mapping[str, torch.Tensor]) -> 
 
     The layout as [`convert_official_mobilenetv2`][zoo.blocks.mobilenetv2_layout.convert_official_mobilenetv2]
     with ``flat_blocks=True``; inside a DCD layer ``conv_q``/``conv_p`` become ``q``/``p``; the
-    classifier as [`convert_official_dycls`][unifiedops.dcd.convert_official_dycls].
+    classifier as [`convert_official_dycls`][unifiedops.dcd.convert_official_dycls] (its ``(O, C)`` weights
+    become ``(O, C, 1, 1)``).
 
     Args:
         state_dict: The official model's ``state_dict()`` (a ``module.`` prefix is dropped).

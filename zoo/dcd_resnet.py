@@ -63,8 +63,8 @@ def convert_official_dcd_resnet(state_dict: Mapping[str, torch.Tensor]) -> dict[
 
     A ``module.`` prefix (``DataParallel``) is dropped and the classifier (``classifier.0``, or
     ``classifier.1`` behind the optional dropout) becomes ``fc``, with its ``cls``, ``cls_q`` and ``cls_p``
-    renamed as [`convert_official_dycls`][unifiedops.dcd.convert_official_dycls] does; the block
-    convolutions' tensors are passed through.
+    renamed as [`convert_official_dycls`][unifiedops.dcd.convert_official_dycls] does (its ``(O, C)``
+    weights become ``(O, C, 1, 1)``); the block convolutions' tensors are passed through.
 
     Args:
         state_dict: The official model's ``state_dict()``.
