@@ -85,6 +85,22 @@ def calibrate_batch_norm_(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
+def assert_gradcheck(module: nn.Module, x: torch.Tensor) -> None:
+    """``gradcheck`` of ``module`` with respect to its float64 input ``x`` and, in fast mode, to every parameter."""
+    from torch.autograd import gradcheck
+    from torch.func import functional_call
+
+    x = x.detach().requires_grad_(True)
+    assert gradcheck(module, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
+    names = [n for n, _ in module.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in module.parameters())
+
+    def with_parameters(x: torch.Tensor, *ps: torch.Tensor) -> torch.Tensor:
+        return functional_call(module, dict(zip(names, ps, strict=True)), (x,))
+
+    assert gradcheck(with_parameters, (x, *params), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:
     """``torch.testing.assert_close`` at the suite's float64 tolerances."""
     torch.testing.assert_close(actual, expected, rtol=RTOL, atol=ATOL, msg=(lambda m: f"{msg}: {m}") if msg else None)
