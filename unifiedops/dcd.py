@@ -344,7 +344,8 @@ class DCDKernel(DecomposedKernelSource):
         kernels = module.conv.weight * scale[:, :, None, None, None]
         k = kernels.shape[-1]
         centre = F.pad(low_rank[..., None, None], (k // 2, k // 2, k // 2, k // 2))
-        latent_bias = bn2.scale * (phi @ bn1.shift) + bn2.shift + bn1.shift  # (B, L)
+        # (B, L, L) @ (L, 1) rather than a matrix-vector product, which torch's FLOP counter does not see
+        latent_bias = bn2.scale * (phi @ bn1.shift[:, None]).squeeze(-1) + bn2.shift + bn1.shift  # (B, L)
         bias = latent_bias @ p.T
         if module.conv.bias is not None:
             bias = bias + scale * module.conv.bias
