@@ -33,7 +33,9 @@ from unifiedops import (
     XVolution,
 )
 from unifiedops.acmix import ACmix, ACmixWindowAttention
+from unifiedops.dcd import DCDConv2d
 from unifiedops.mixture import CondConv, DYConv
+from unifiedops.odconv import ODConv2d
 from unifiedops.warehouse import Warehouse
 
 __all__ = [
@@ -299,8 +301,8 @@ def _composite_ops(config: Config, device: torch.device) -> dict[str, Op]:
 
 
 def _warehouse_ops(config: Config, device: torch.device) -> dict[str, Op]:
-    """A KernelWarehouse conv at 1x (cell_num_ratio 1: as many parameters as the conv), CondConv and
-    DY-Conv, against the ``nn.Conv2d`` they replace."""
+    """A KernelWarehouse conv at 1x (cell_num_ratio 1: as many parameters as the conv), CondConv,
+    DY-Conv, ODConv 1x and DCD, against the ``nn.Conv2d`` they replace."""
     torch.manual_seed(SEED)
     c, k = config.channels, config.kernel
     x = torch.randn(config.batch, c, config.size, config.size, device=device)
@@ -315,6 +317,8 @@ def _warehouse_ops(config: Config, device: torch.device) -> dict[str, Op]:
         "kw": (f"KWConv2d(C, C, {k}), 1x", net.conv),
         "condconv": (f"CondConv(C, C, {k}, num_experts=8)", CondConv(c, c, k, num_experts=8, bias=False)),
         "dyconv": (f"DYConv(C, C, {k}, num_kernels=4)", DYConv(c, c, k, num_kernels=4, bias=False)),
+        "odconv": (f"ODConv2d(C, C, {k}), 1x", ODConv2d(c, c, k, kernel_num=1)),
+        "dcd": (f"DCDConv2d(C, C, {k})", DCDConv2d(c, c, k)),
     }
     return {
         key: Op(key, label, getattr(module, "path", "baseline"), functools.partial(_ready(module, device), x))

@@ -142,7 +142,13 @@ _COMPOSITE: tuple[Ratio, ...] = (
     Ratio("ACmix / its reference path", "memory", "acmix", "acmix_reference", "1/4"),
 )
 
-_WAREHOUSE: tuple[Ratio, ...] = (Ratio("KWConv2d 1x / nn.Conv2d", "time", "kw", "conv", "2"),)
+_WAREHOUSE: tuple[Ratio, ...] = (
+    Ratio("KWConv2d 1x / nn.Conv2d", "time", "kw", "conv", "2"),
+    Ratio("ODConv2d 1x / nn.Conv2d", "time", "odconv", "conv", "2"),
+    Ratio("ODConv2d 1x / nn.Conv2d", "memory", "odconv", "conv", "5"),  # B assembled kernels
+    Ratio("DCDConv2d / nn.Conv2d", "time", "dcd", "conv", "1.5"),
+    Ratio("DCDConv2d / nn.Conv2d", "memory", "dcd", "conv", "1.5"),
+)
 
 _NATTEN: tuple[Ratio, ...] = (
     Ratio(

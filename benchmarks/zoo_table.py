@@ -56,7 +56,8 @@ def _throughput() -> tuple[dict[str, float], str]:
     results = _results.load(_results.MODELS_JSON)
     if results is None:
         return {}, "no model benchmark has been run (`python -m benchmarks.models` writes them)"
-    facts = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in results["machine"]}
+    # "Key: value" lines; others (the torch version and threads) carry no key
+    facts = {key: value.strip() for key, sep, value in (line.partition(":") for line in results["machine"]) if sep}
     where = (
         f"images/s: `{results['command']}`, batch {results['batch']}, {results['size']}×{results['size']}, "
         f"fp32 inference, {facts.get('CPU', facts.get('Device', '?'))}, {results['threads']} threads, "

@@ -26,13 +26,15 @@ from unifiedops import (
     Sliding,
     WindowAttention,
 )
+from unifiedops.dcd import DCDConv2d, DCDKernel
 from unifiedops.testing import assert_matches_reference, neighbourhoods, randomize_, weight_sources
+from zoo.blocks.mobilenetv2_layout import MOBILENETV2_ROWS
 
 F64 = torch.float64
 RTOL = 1e-6
 ATOL = 1e-9
 
-FAST_PATHS = ("conv", "batched_conv", "shifted_sum", "window_sdpa", "halo_sdpa", "global_sdpa")
+FAST_PATHS = ("conv", "decomposed", "batched_conv", "shifted_sum", "window_sdpa", "halo_sdpa", "global_sdpa")
 
 FAMILY_REPRESENTATIVES = {
     "Swin": "swin_tiny",
@@ -45,12 +47,58 @@ FAMILY_REPRESENTATIVES = {
     "KW ResNet": "kw_resnet18_1x",
     "KW MobileNetV2": "kw_mobilenetv2_050_1x",
     "KW ConvNeXt": "kw_convnext_tiny_1x",
+    "ODConv ResNet": "od_resnet18_1x",
+    "ODConv MobileNetV2": "od_mobilenetv2_100_1x",
+    "DCD ResNet": "dcd_resnet18",
+    "DCD MobileNetV2": "dcd_mobilenetv2_100",
     "ConvNeXt": "uo_convnext_tiny",
     "UniFormer": "uniformer_small",
     "MixFormer": "mixformer_b0",
 }
 """One model per zoo family, for the checks too slow to run on all 40 (export to ONNX, compile tracing);
 ``test_export.test_one_representative_per_family`` keeps it complete."""
+
+
+def shallow_kwargs(name: str) -> dict:
+    """Keyword arguments that build zoo model ``name`` with one block per stage (per row for the ODConv and
+    DCD MobileNetV2s; the KW MobileNetV2s take no depth argument)."""
+    if "mobilenetv2" in name:
+        return {"rows": tuple((t, c, 1, s) for t, c, _, s in MOBILENETV2_ROWS)}
+    return {"layers" if "resnet" in name else "depths": (1, 1, 1, 1)}
+
+
+@torch.no_grad()
+def calibrate_batch_norm_(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Set every BatchNorm's running statistics to those of the batch ``x`` (one train-mode forward with
+    a cumulative average), and return ``model`` in eval mode.
+
+    Random or initial statistics do not fit the activations they meet: the KW MobileNetV2s' shrink to
+    exactly 0, and DCD's low-rank term, quadratic in its input, overflows.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = None
+    model.train()(x)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    return model.eval()
+
+
+def assert_gradcheck(module: nn.Module, x: torch.Tensor) -> None:
+    """``gradcheck`` of ``module`` with respect to its float64 input ``x`` and, in fast mode, to every parameter."""
+    from torch.autograd import gradcheck
+    from torch.func import functional_call
+
+    x = x.detach().requires_grad_(True)
+    assert gradcheck(module, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
+    names = [n for n, _ in module.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in module.parameters())
+
+    def with_parameters(x: torch.Tensor, *ps: torch.Tensor) -> torch.Tensor:
+        return functional_call(module, dict(zip(names, ps, strict=True)), (x,))
+
+    assert gradcheck(with_parameters, (x, *params), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:
@@ -188,6 +236,22 @@ def batched_conv_cases(draw) -> Case:
 
 
 @st.composite
+def decomposed_cases(draw) -> Case:
+    """DCD cases: DCDConv2d and generic DCD kernels on zero-padded Sliding neighbourhoods (any stride,
+    dilation, latent size, context pooling, with or without the static bias)."""
+    c, o = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    k, dilation, stride = draw(odd_kernels), draw(dilations), draw(st.sampled_from([1, 1, 2, 3]))
+    latent, squeeze, pool = draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 2))
+    if draw(st.booleans()):
+        make = functools.partial(DCDConv2d, c, o, k, stride, dilation, pool=pool, latent=latent, squeeze=squeeze)
+        return Case(make, channels=c, **draw(_geometry()))
+    last = draw(st.booleans())
+    source = DCDKernel(c, o, latent, squeeze, pool, bias=draw(st.booleans()))
+    make = functools.partial(Aggregation, Sliding(k, dilation, stride=stride), source, channels_last=last)
+    return Case(make, channels=c, channels_last=last, **draw(_geometry()))
+
+
+@st.composite
 def shifted_sum_cases(draw) -> Case:
     """PositionKernel cases: InhomogeneousDWConv and generic per-position kernels (dilated, masked, Point)."""
     c, g = draw(_channels())
@@ -266,6 +330,7 @@ def global_cases(draw) -> Case:
 
 CASES = {
     "conv": conv_cases,
+    "decomposed": decomposed_cases,
     "batched_conv": batched_conv_cases,
     "shifted_sum": shifted_sum_cases,
     "window_sdpa": window_cases,

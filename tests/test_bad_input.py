@@ -56,6 +56,9 @@ RADIUS: dict[str, int | None] = {
     "KWLinear": None,
     "CondConv": None,
     "DYConv": None,
+    "ODConv2d": None,  # attentions from the pooled map
+    "DCDConv2d": None,  # dynamic factors from the pooled map
+    "DCDLinear": None,  # a classifier: no positions
     "UniFormerLocalMHRA": 2,
     "UniFormerGlobalMHRA": None,
     "DynamicPositionEmbedding": 1,
@@ -76,8 +79,8 @@ def _entry(name: str) -> PresetEntry:
 
 
 def _kind(entry: PresetEntry) -> str:
-    """``"map"`` (B, C, H, W), ``"seq"`` (B, C, L) or ``"tokens"`` (B, N, C)."""
-    return {"KWConv1d": "seq", "KWLinear": "tokens"}.get(entry.name, "map")
+    """``"map"`` (B, C, H, W), ``"seq"`` (B, C, L), ``"tokens"`` (B, N, C) or ``"vector"`` (B, C)."""
+    return {"KWConv1d": "seq", "KWLinear": "tokens", "DCDLinear": "vector"}.get(entry.name, "map")
 
 
 def _channels(entry: PresetEntry) -> int:
@@ -122,7 +125,7 @@ def test_wrong_inputs_raise_errors_naming_x(name, data):
     shape = entry.input_shape
     case = data.draw(st.sampled_from(["rank", "channels", "dtype", "not_a_tensor"]))
     if case == "rank":
-        ranks = [1] if kind == "tokens" else [r for r in (1, 2, 3, 4, 5) if r != len(shape)]
+        ranks = [1] if kind == "tokens" else [r for r in (1, 2, 3, 4, 5) if r != len(shape)]  # vector: (B, C)
         rank = data.draw(st.sampled_from(ranks))
         x = torch.randn((2, 5, 5, 5, 5)[:rank])
         with pytest.raises(ValueError, match=r"^x must be") as info:
@@ -177,7 +180,7 @@ def test_tiny_and_empty_maps(name, side, seed):
     entry, module = _entry(name), _module(name)
     kind = _kind(entry)
     h, w = side
-    sizes = {"map": {"h": h, "w": w}, "seq": {"length": w}, "tokens": {"tokens": w}}[kind]
+    sizes = {"map": {"h": h, "w": w}, "seq": {"length": w}, "tokens": {"tokens": w}, "vector": {}}[kind]
     x = _input(entry, seed, **sizes)
     empty = 0 in x.shape[1:]
     small_for_acmix = name == "ACmix" and min(h, w) <= module.neighbourhood.kernel_size // 2
@@ -197,7 +200,7 @@ def test_tiny_and_empty_maps(name, side, seed):
 
 
 def _position_axes(kind: str) -> tuple[int, ...]:
-    return {"map": (2, 3), "seq": (2,), "tokens": (1,)}[kind]
+    return {"map": (2, 3), "seq": (2,), "tokens": (1,), "vector": ()}[kind]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -276,7 +279,7 @@ def test_non_contiguous_inputs_match_contiguous(name):
     so a swapped axis shows; not a multiple of the window, so the padding runs) keep float64 convs cheap."""
     base, _, layout = name.partition("[")
     entry = _entry(base)
-    sizes = {"map": {"h": 9, "w": 11}, "seq": {"length": 11}, "tokens": {"tokens": 11}}[_kind(entry)]
+    sizes = {"map": {"h": 9, "w": 11}, "seq": {"length": 11}, "tokens": {"tokens": 11}, "vector": {}}[_kind(entry)]
     if layout:
         torch.manual_seed(0)
         module = randomize_(entry.cls(*entry.args, **entry.kwargs, channels_last=True)).eval().double()

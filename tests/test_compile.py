@@ -47,7 +47,7 @@ import torch._dynamo.testing
 from torch import nn
 
 import zoo
-from helpers import FAMILY_REPRESENTATIVES
+from helpers import FAMILY_REPRESENTATIVES, calibrate_batch_norm_, shallow_kwargs
 from unifiedops import Aggregation, Sliding, StaticKernel, WindowAttention
 from unifiedops.catalog import PRESETS, preset_entry
 from zoo import kw_mobilenetv2
@@ -229,15 +229,8 @@ def shallow_model(name: str) -> nn.Module:
         with mock.patch.object(kw_mobilenetv2, "_ROWS", rows):
             model = timm.create_model(name)
     else:
-        model = timm.create_model(name, **{"layers" if "resnet" in name else "depths": (1, 1, 1, 1)})
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.momentum = None  # a cumulative average: one batch sets the statistics to its own
-    with torch.no_grad():
-        model.train()(torch.randn(4, 3, 64, 64))
-    for m in norms:
-        m.momentum = 0.1
-    return model.eval()
+        model = timm.create_model(name, **shallow_kwargs(name))
+    return calibrate_batch_norm_(model, torch.randn(4, 3, 64, 64))
 
 
 def compare_model(name: str, backend: str) -> float:

@@ -37,9 +37,11 @@ from unifiedops import (
     WindowAttention,
 )
 from unifiedops.acmix import ACmix, ACmixWindowAttention
+from unifiedops.dcd import DCDConv2d
 from unifiedops.flops import FREE_OPS, count_flops, einsum_macs, flop_breakdown, flop_counter
 from unifiedops.mixers import MixingAttention, UniFormerGlobalMHRA, UniFormerLocalMHRA
 from unifiedops.mixture import CondConv, DYConv
+from unifiedops.odconv import ODConv2d
 from unifiedops.xvolution import XVolution
 
 EXAMPLES = int(os.environ.get("UNIFIEDOPS_EXAMPLES", "100"))
@@ -463,6 +465,8 @@ CROSS_CHECKED = {
     "XVolution": _Case(lambda: XVolution(16, 16), fully_seen=False),
     "CondConv": _Case(lambda: CondConv(16, 16, 3, num_experts=4)),
     "DYConv": _Case(lambda: DYConv(16, 16, 3, num_kernels=4)),
+    "ODConv2d": _Case(lambda: ODConv2d(16, 16, 3, kernel_num=4), fully_seen=False),
+    "DCDConv2d": _Case(lambda: DCDConv2d(16, 16, 3, pool=2), fully_seen=False),
 }
 
 

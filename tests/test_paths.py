@@ -19,6 +19,7 @@ from helpers import (
     assert_path_matches_reference,
     batched_conv_cases,
     conv_cases,
+    decomposed_cases,
     global_cases,
     halo_cases,
     seeds,
@@ -43,6 +44,7 @@ from unifiedops import (
     Window,
     WindowAttention,
 )
+from unifiedops.dcd import DCDConv2d
 from unifiedops.paths import Path
 from unifiedops.testing import randomize_
 
@@ -64,6 +66,12 @@ def _check(case: Case, seed: int, path: str) -> None:
 @given(case=conv_cases(), seed=seeds)
 def test_conv_matches_reference(case, seed):
     _check(case, seed, "conv")
+
+
+@settings(max_examples=EXAMPLES // 2)
+@given(case=decomposed_cases(), seed=seeds)
+def test_decomposed_matches_reference(case, seed):
+    _check(case, seed, "decomposed")
 
 
 @settings(max_examples=EXAMPLES)
@@ -221,6 +229,7 @@ def test_every_fast_path_is_exercised():
 
 _PERTURB_CASES = {
     "conv": Case(functools.partial(DWConv, 4, 3, 2), 2, 5, 6, 4),
+    "decomposed": Case(functools.partial(DCDConv2d, 4, 4, 3, latent=2, squeeze=2), 2, 5, 6, 4),
     "batched_conv": Case(functools.partial(DynamicDWConv, 4, 3), 2, 5, 6, 4),
     "shifted_sum": Case(functools.partial(InhomogeneousDWConv, 4, 3, groups=2), 2, 5, 6, 4),
     "window_sdpa": Case(functools.partial(WindowAttention, 4, 2, 3, 1), 2, 5, 6, 4),

@@ -12,6 +12,7 @@ import timm
 import torch
 
 import zoo
+from helpers import shallow_kwargs
 
 MODELS = zoo.list_models()
 
@@ -114,9 +115,8 @@ def test_frozen_batch_norm_keeps_the_output(name):
 @pytest.mark.parametrize("name", [m for m in MODELS if not m.startswith("kw_mobilenetv2")])
 def test_depths_can_be_overridden_for_a_shallow_model(name):
     # Tests, export and compile checks build one-block-per-stage versions of every family this way.
-    key = "layers" if "resnet" in name else "depths"
     with torch.device("meta"):
         full = sum(p.numel() for p in timm.create_model(name).parameters())
-        shallow = timm.create_model(name, **{key: (1, 1, 1, 1)})
+        shallow = timm.create_model(name, **shallow_kwargs(name))
     assert sum(p.numel() for p in shallow.parameters()) < full
     assert len(shallow.feature_info) == 4

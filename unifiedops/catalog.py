@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from unifiedops.acmix import ACmix, ACmixWindowAttention
+from unifiedops.dcd import DCDConv2d, DCDLinear
 from unifiedops.instances import (
     DWConv,
     DynamicDWConv,
@@ -48,6 +49,7 @@ from unifiedops.instances import (
 from unifiedops.lka import LKA
 from unifiedops.mixers import DynamicPositionEmbedding, MixingAttention, UniFormerGlobalMHRA, UniFormerLocalMHRA
 from unifiedops.mixture import CondConv, DYConv
+from unifiedops.odconv import ODConv2d
 from unifiedops.warehouse import KWConv1d, KWConv2d, KWLinear, Warehouse
 from unifiedops.xvolution import MergedXVolution, XVolution
 
@@ -188,6 +190,8 @@ _SWIN = "Swin (Liu et al., ICCV 2021), arXiv:2103.14030"
 _ACMIX = "ACmix (Pan et al., CVPR 2022), arXiv:2111.14556"
 _KW = "KernelWarehouse (Li & Yao, ICML 2024), arXiv:2308.08361"
 _UNIFORMER = "UniFormer (Li et al., TPAMI 2023), arXiv:2201.09450"
+_ODCONV = "ODConv (Li, Zhou & Yao, ICLR 2022), arXiv:2209.07947"
+_DCD = "DCD (Li et al., ICLR 2021), arXiv:2103.08756"
 _XVOLUTION = "X-volution (Chen et al., 2021), arXiv:2106.02253"
 
 PRESETS: tuple[PresetEntry, ...] = (
@@ -341,6 +345,37 @@ PRESETS: tuple[PresetEntry, ...] = (
         dynamism="per sample",
         paper="Dynamic convolution (Chen et al., CVPR 2020), arXiv:1912.03458",
         fast_path="batched_conv",
+    ),
+    PresetEntry(
+        "ODConv2d",
+        ODConv2d,
+        (96, 96, 3),
+        sparsity="sliding k×k, dense",
+        sharing="positions",
+        dynamism="per sample",
+        paper=_ODCONV,
+        fast_path="batched_conv",
+    ),
+    PresetEntry(
+        "DCDConv2d",
+        DCDConv2d,
+        (96, 96, 3),
+        sparsity="sliding k×k, dense",
+        sharing="positions",
+        dynamism="per sample",
+        paper=_DCD,
+        fast_path="decomposed",
+    ),
+    PresetEntry(
+        "DCDLinear",
+        DCDLinear,
+        (96, 96),
+        sparsity="point, dense",
+        sharing="— (one weight per sample and class)",
+        dynamism="per sample",
+        paper=_DCD + " (its dynamic classifier)",
+        fast_path="decomposed",
+        input_shape=(2, 96),
     ),
     PresetEntry(
         "UniFormerLocalMHRA",
@@ -508,6 +543,10 @@ ZOO_FAMILIES: tuple[ZooFamily, ...] = (
     ZooFamily("KW ResNet", "kw_resnet*", ("KWConv2d",), _KW),
     ZooFamily("KW MobileNetV2", "kw_mobilenetv2_*", ("KWConv2d",), _KW),
     ZooFamily("KW ConvNeXt", "kw_convnext_*", ("KWConv2d",), _KW),
+    ZooFamily("ODConv ResNet", "od_resnet*", ("ODConv2d",), _ODCONV),
+    ZooFamily("ODConv MobileNetV2", "od_mobilenetv2_*", ("ODConv2d",), _ODCONV),
+    ZooFamily("DCD ResNet", "dcd_resnet*", ("DCDConv2d", "DCDLinear"), _DCD),
+    ZooFamily("DCD MobileNetV2", "dcd_mobilenetv2_*", ("DCDConv2d", "DCDLinear"), _DCD),
     ZooFamily("ConvNeXt", "uo_convnext_*", ("DWConv",), "ConvNeXt (Liu et al., CVPR 2022), arXiv:2201.03545"),
     ZooFamily("UniFormer", "uniformer_*", ("UniFormerLocalMHRA", "UniFormerGlobalMHRA"), _UNIFORMER),
     ZooFamily("MixFormer", "mixformer_*", ("MixingAttention",), "MixFormer (Chen et al., CVPR 2022), arXiv:2204.02557"),

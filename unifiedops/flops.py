@@ -58,7 +58,10 @@ the input channels of its group for a dense source, *whatever path runs it*:
   input, as timm's and the official Swin do).
 
 With these rules the count of an aggregation does not depend on its path, and a timm model counts
-the same with fused attention (SDPA) on or off.
+the same with fused attention (SDPA) on or off. DCD is the exception: its two forms do different
+arithmetic (the ``decomposed`` path, its default and the official computation, convolves with the
+static kernel and the narrow ``1 x 1`` factors; the kernel-space paths assemble ``B`` full kernels),
+and each is counted as it runs.
 
 Published figures and their tools: Swin and ConvNeXt were counted with fvcore (``4.5G``:
 timm's ``swin_tiny_patch4_window7_224`` counts 4.509 G here, ``convnext_tiny`` 4.470 G, the same

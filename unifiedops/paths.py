@@ -7,6 +7,7 @@ applies follows from the neighbourhood and the weight source:
 | path | neighbourhood | weights (``dynamism``) | computes with |
 |---|---|---|---|
 | ``conv`` | Sliding (zeros, reflect, mask), Point | static kernels | ``F.conv2d`` |
+| ``decomposed`` | Sliding (zeros), Point | static + low-rank per-sample (DCD) | ``F.conv2d``, rank-``L`` ``1 x 1``s |
 | ``batched_conv`` | Sliding (zeros, reflect, mask), Point | per-sample kernels | one ``F.conv2d(groups=B*groups)``¹ |
 | ``shifted_sum`` | Sliding (zeros, reflect, mask), Point | per-position kernels | ``k*k`` shifted multiply-adds |
 | ``window_sdpa`` | Window | q.k attention | SDPA over windows |
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 
 from unifiedops._cache import cached_tables
 from unifiedops.neighbourhoods import Axis, Global, Neighbourhood, Point, Sliding, Window, layout
-from unifiedops.weights import ConvKernelSource, QKAttention, WeightSource
+from unifiedops.weights import ConvKernelSource, DecomposedKernelSource, QKAttention, WeightSource
 
 if TYPE_CHECKING:
     from unifiedops.aggregation import Aggregation
@@ -66,7 +67,7 @@ def _run_reference(module: Aggregation, x: torch.Tensor, projected: torch.Tensor
     lay = layout(module.neighbourhood, *x.shape[2:], x.device)
     padded = F.pad(x, lay.pad, mode=lay.pad_mode) if any(lay.pad) else x
     extra = {} if projected is None else {"projected": projected}
-    values, weights = source.reference(module, x, padded, lay, **extra)
+    values, weights, *sample_bias = source.reference(module, x, padded, lay, **extra)
     step, (h, w) = module.neighbourhood.step, x.shape[2:]
     if step > 1 and weights.shape[-2] == h * w:
         # a kernel predicted at every input position is used at the strided output positions only
@@ -81,7 +82,10 @@ def _run_reference(module: Aggregation, x: torch.Tensor, projected: torch.Tensor
     else:
         neighbours = neighbours.unflatten(1, (source.weight_groups, -1))  # (B, G, C/G, P, K)
         y = (neighbours * weights.unsqueeze(2)).sum(-1)
-    return source.finish(module, y.reshape(b, source.out_channels, *lay.out_size))
+    y = y.reshape(b, source.out_channels, *lay.out_size)
+    if sample_bias:  # a per-sample bias (B, O) that finish, having no input, cannot know
+        y = y + sample_bias[0][:, :, None, None]
+    return source.finish(module, y)
 
 
 # --- convolutions ------------------------------------------------------------------------------
@@ -116,23 +120,42 @@ def _run_conv(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
 
 def _run_batched_conv(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
     source = module.source
-    b, c = x.shape[:2]
     _, padding, dilation, stride = _conv_geometry(module.neighbourhood)
-    weight = source.conv_weight(module, x)  # (B, O, C/g, k, k), read before any padding
+    weight, bias, in_scale, out_scale = source.sample_kernels(module, x)  # read before any padding
+    if in_scale is not None:
+        x = x * in_scale[:, :, None, None]
     x, padding = _pad_for_conv(module.neighbourhood, x, padding)
-    bias = source.conv_bias(module)
+    y = _batched_conv(x, weight, bias, padding, dilation, stride, source.conv_groups)
+    return y if out_scale is None else y * out_scale[:, :, None, None]
+
+
+def _batched_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: int,
+    dilation: int,
+    stride: int,
+    groups: int,
+) -> torch.Tensor:
+    """Sample ``b`` of ``x`` (already padded by any rule but zeros) convolved with ``weight[b]``."""
+    b, c = x.shape[:2]
+    per_sample_bias = bias is not None and bias.dim() == 2
     if b == 0:  # an empty batch has no kernels to fold; any kernel of the right shape gives the empty output
-        return F.conv2d(x, weight.sum(0), bias, stride, padding, dilation, source.conv_groups)
-    if x.device.type == "cpu" and source.conv_groups < c and isinstance(b, int):
+        bias = bias.sum(0) if per_sample_bias else bias
+        return F.conv2d(x, weight.sum(0), bias, stride, padding, dilation, groups)
+    if x.device.type == "cpu" and groups < c and isinstance(b, int):
         # oneDNN runs a grouped conv of B dense groups ~2.5x slower than B single-sample convs
         # (256->256 3x3 at 14x14, B=8: 25 ms against 10 ms); depth-wise kernels batch well. A
         # symbolic batch (torch.export with a dynamic batch) cannot be looped over: it takes the fold.
+        biases = bias.unbind(0) if per_sample_bias else [bias] * b
         return torch.cat(
-            [F.conv2d(x[i : i + 1], weight[i], bias, stride, padding, dilation, source.conv_groups) for i in range(b)]
+            [F.conv2d(x[i : i + 1], weight[i], biases[i], stride, padding, dilation, groups) for i in range(b)]
         )
     # Folding the batch into the channels turns B different kernels into one grouped conv; the
     # bias rides along in the same call instead of costing another pass over the output.
-    bias = None if bias is None else bias.repeat(b)
+    if bias is not None:
+        bias = bias.reshape(-1) if per_sample_bias else bias.repeat(b)
     y = F.conv2d(
         x.reshape(1, b * c, *x.shape[2:]),
         weight.reshape(-1, *weight.shape[2:]),
@@ -140,7 +163,7 @@ def _run_batched_conv(module: Aggregation, x: torch.Tensor) -> torch.Tensor:
         stride,
         padding,
         dilation,
-        b * source.conv_groups,
+        b * groups,
     )
     return y.view(b, -1, *y.shape[2:])
 
@@ -420,6 +443,11 @@ PATHS: dict[str, Path] = {
     p.name: p
     for p in (
         Path("conv", _pairs(_conv_neighbourhood, _is_conv_source("static")), _run_conv),
+        Path(
+            "decomposed",
+            _pairs(_conv_neighbourhood, lambda src: isinstance(src, DecomposedKernelSource)),
+            lambda module, x: module.source.feature_space(module, x),
+        ),
         Path("batched_conv", _pairs(_conv_neighbourhood, _is_conv_source("sample")), _run_batched_conv),
         Path(
             "shifted_sum",

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from unifiedops.aggregation import Aggregation
+from unifiedops.dcd import DCDKernel
 from unifiedops.neighbourhoods import BORDERS, Global, Neighbourhood, Point, Sliding, Window
 from unifiedops.paths import PATHS
 from unifiedops.weights import DenseKernel, PositionKernel, QKAttention, SampleKernel, StaticKernel, WeightSource
@@ -51,16 +52,17 @@ NEIGHBOURHOOD_KINDS = ("sliding", "window", "global", "point")
 """Names [`neighbourhoods`][unifiedops.testing.neighbourhoods] draws from: [`Sliding`][unifiedops.Sliding],
 [`Window`][unifiedops.Window], [`Global`][unifiedops.Global], [`Point`][unifiedops.Point]."""
 
-SOURCE_KINDS = ("static", "dense", "sample", "position", "attention")
+SOURCE_KINDS = ("static", "dense", "sample", "decomposed", "position", "attention")
 """Names [`weight_sources`][unifiedops.testing.weight_sources] draws from:
 [`StaticKernel`][unifiedops.StaticKernel], [`DenseKernel`][unifiedops.DenseKernel],
-[`SampleKernel`][unifiedops.SampleKernel], [`PositionKernel`][unifiedops.PositionKernel],
-[`QKAttention`][unifiedops.QKAttention]."""
+[`SampleKernel`][unifiedops.SampleKernel], [`DCDKernel`][unifiedops.DCDKernel],
+[`PositionKernel`][unifiedops.PositionKernel], [`QKAttention`][unifiedops.QKAttention]."""
 
 # Which neighbourhoods and sources make each fast path the automatic choice (see unifiedops.paths).
 _CONV_BORDERS = ("zeros", "reflect", "mask")
 _PATH_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "conv": (("sliding", "point"), ("static", "dense")),
+    "decomposed": (("sliding", "point"), ("decomposed",)),
     "batched_conv": (("sliding", "point"), ("sample",)),
     "shifted_sum": (("sliding", "point"), ("position",)),
     "window_sdpa": (("window",), ("attention",)),
@@ -587,8 +589,9 @@ def weight_sources(
 
     Drawn options: ``groups`` (``None`` or a divisor of ``C``) and ``bias`` of the static kernels;
     ``out_channels`` and channel ``groups`` of ``DenseKernel``; ``reduction`` of the predicted
-    kernels; heads, ``qkv_bias``, ``rel_pos_bias``, ``scale``, ``value_channels``, ``projection``,
-    ``out_proj`` and ``coord_pos_embed`` of ``QKAttention``.
+    kernels; ``out_channels``, ``latent``, ``squeeze``, ``pool`` and ``bias`` of ``DCDKernel``; heads,
+    ``qkv_bias``, ``rel_pos_bias``, ``scale``, ``value_channels``, ``projection``, ``out_proj`` and
+    ``coord_pos_embed`` of ``QKAttention``.
 
     Args:
         channels: ``C``, or a strategy of it; default ``G * w`` for ``G`` groups in 1 to 4 and
@@ -599,7 +602,8 @@ def weight_sources(
             a divisor of ``C`` up to 4.
         neighbourhood: The neighbourhood the source will be used with. Given a
             [`Global`][unifiedops.Global] one, only ``"attention"`` is drawn, without a relative-position
-            table (it needs a fixed size); ACmix's coordinate embedding is drawn with ``Sliding`` only.
+            table (it needs a fixed size); ACmix's coordinate embedding is drawn with ``Sliding`` only,
+            DCD kernels with ``Point`` or zero-padded ``Sliding`` only.
 
     Returns:
         A strategy of weight sources.
@@ -618,6 +622,10 @@ def weight_sources(
         kinds = tuple(k for k in kinds if k == "attention")
         if not kinds:
             raise ValueError(f"only attention sources work with {neighbourhood}, and kinds excludes 'attention'")
+    if neighbourhood is not None and not _compatible(neighbourhood, DCDKernel(1, 1, 1, 1)):
+        kinds = tuple(k for k in kinds if k != "decomposed")
+        if not kinds:
+            raise ValueError(f"DCD kernels need Point or zero-padded Sliding, got {neighbourhood}")
     return _weight_sources(channels, kinds, groups, fixed, sliding)
 
 
@@ -656,6 +664,9 @@ def _weight_sources(
                     c, groups=draw(st.sampled_from([None, g])), reduction=reduction, bias=draw(st.booleans())
                 )
             return PositionKernel(c, groups=g, reduction=reduction)
+        if kind == "decomposed":
+            dims = (draw(st.integers(1, 4)) for _ in range(2))
+            return DCDKernel(c, g * draw(st.integers(1, 3)), *dims, draw(st.integers(1, 2)), draw(st.booleans()))
         return QKAttention(
             c,
             heads=g,
@@ -673,6 +684,8 @@ def _weight_sources(
 
 def _compatible(nb: Neighbourhood, source: WeightSource) -> bool:
     """Whether ``Aggregation(nb, source)`` can be built (kernels and bias tables need a fixed size)."""
+    if isinstance(source, DCDKernel):  # its 1x1 factors act on the centre tap of a zero-padded kernel
+        return isinstance(nb, Point) or (isinstance(nb, Sliding) and nb.border == "zeros")
     if nb.slots is not None:
         return True
     if isinstance(source, QKAttention):
@@ -745,7 +758,9 @@ def aggregations(
         raise ValueError(f"path must be None or one of {tuple(_PATH_KINDS)}; got {path!r}")
     nb_kinds, source_kinds = _PATH_KINDS.get(path, (NEIGHBOURHOOD_KINDS, SOURCE_KINDS))
     if neighbourhoods is None:
-        if path in ("conv", "batched_conv", "shifted_sum"):
+        if path == "decomposed":
+            nb_strategy = _neighbourhoods(nb_kinds, borders=("zeros",), strides=(1, 2, 3))
+        elif path in ("conv", "batched_conv", "shifted_sum"):
             nb_strategy = _neighbourhoods(nb_kinds, borders=_CONV_BORDERS, strides=(1, 2, 3))
         elif path == "halo_sdpa":
             # the halo path takes a stride or a dilation, not both

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,11 +35,13 @@ __all__ = [
     "DYNAMISMS",
     "PROJECTIONS",
     "ConvKernelSource",
+    "DecomposedKernelSource",
     "DenseKernel",
     "PositionKernel",
     "QKAttention",
     "SameChannels",
     "SampleKernel",
+    "SampleKernels",
     "StaticKernel",
     "WeightSource",
     "coordinate_grid",
@@ -114,7 +116,8 @@ class WeightSource:
             ``(values, weights)``: the features aggregated, ``(B, Cv, Hp*Wp)`` (the padded input
                 itself, ``Cv = C``, unless the source aggregates a projection), and the weights,
                 ``(Bw, G, Pw, K)`` with ``Pw`` 1, ``H*W`` or ``Ho*Wo``; for a ``dense`` source
-                ``(Bw, O, C/conv_groups, Pw, K)``.
+                ``(Bw, O, C/conv_groups, Pw, K)``. A source whose bias depends on the input adds a
+                third item, that bias per sample, ``(B, O)``, which the path adds before ``finish``.
         """
         raise NotImplementedError
 
@@ -138,6 +141,23 @@ class SameChannels:
     def out_channels(self) -> int:
         """Number of channels the aggregation writes: ``channels``."""
         return self.channels  # type: ignore[attr-defined]
+
+
+class SampleKernels(NamedTuple):
+    """Per-sample kernels as the ``batched_conv`` path takes them: sample ``b`` is convolved as
+    ``out_scale[b] ⊙ (conv(in_scale[b] ⊙ x_b, weight[b]) + bias[b])``; a ``None`` factor is 1 (bias 0).
+
+    Attributes:
+        weight: ``(B, O, C/groups, k, k)`` (``(1, ...)`` expanded is fine).
+        bias: ``(O,)``, ``(B, O)`` or ``None``.
+        in_scale: Per-sample input-channel scales ``(B, C)`` or ``None``.
+        out_scale: Per-sample output-channel scales ``(B, O)`` or ``None``.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+    in_scale: torch.Tensor | None = None
+    out_scale: torch.Tensor | None = None
 
 
 class ConvKernelSource(WeightSource):
@@ -183,6 +203,25 @@ class ConvKernelSource(WeightSource):
         """
         return getattr(module, "bias", None)
 
+    def sample_kernels(self, module: nn.Module, x: torch.Tensor) -> SampleKernels:
+        """Kernels and bias for the ``batched_conv`` path, possibly with diagonal factors left apart.
+
+        By default ``SampleKernels(conv_weight(module, x), conv_bias(module))``. A source whose bias
+        depends on the input (DCD's) returns one bias per sample; a source whose kernel is
+        ``diag(out_scale_b) W_b diag(in_scale_b)`` (ODConv's filter and channel attentions; a bias is
+        then scaled too) may return
+        ``W_b`` and the two scales, which the path applies to the activations: ``B * (C*H*W + O*Ho*Wo)``
+        multiplications instead of two passes over ``B`` full kernels.
+
+        Args:
+            module: The owning aggregation.
+            x: The input ``(B, C, H, W)``.
+
+        Returns:
+            A [`SampleKernels`][unifiedops.weights.SampleKernels].
+        """
+        return SampleKernels(self.conv_weight(module, x), self.conv_bias(module))
+
     def finish(self, module: nn.Module, y: torch.Tensor) -> torch.Tensor:
         """Add the [`conv_bias`][unifiedops.weights.ConvKernelSource.conv_bias], if any.
 
@@ -195,6 +234,30 @@ class ConvKernelSource(WeightSource):
         """
         bias = self.conv_bias(module)
         return y if bias is None else y + bias.view(1, -1, 1, 1)
+
+
+class DecomposedKernelSource(ConvKernelSource):
+    """A per-sample kernel source whose kernels factor as a static kernel plus a low-rank dynamic
+    part (DCD's ``W(x) = Λ(x) W0 + P Φ(x) Qᵀ``), so the ``decomposed`` path can compute it in feature
+    space: one static convolution for the whole batch and a few narrow ``1 x 1`` ones, instead of
+    assembling ``B`` full kernels. The kernel-space form (``sample_kernels``) stays available to the
+    ``batched_conv`` and ``reference`` paths, and must give the same output.
+
+    Args:
+        channels: Number of channels ``C`` the aggregation reads.
+    """
+
+    def feature_space(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The output computed from the factors, without assembling a kernel.
+
+        Args:
+            module: The owning aggregation.
+            x: The input ``(B, C, H, W)``.
+
+        Returns:
+            ``(B, O, Ho, Wo)``.
+        """
+        raise NotImplementedError
 
 
 def _kernel_slots(source: str, neighbourhood: Neighbourhood) -> int:

@@ -15,7 +15,21 @@ import fnmatch
 import timm
 
 # Importing a family module registers its models with timm.
-from zoo import acmix_resnet, convnext_family, dwnet, kw_mobilenetv2, kw_resnet, mixformer, swin_family, uniformer, van
+from zoo import (
+    acmix_resnet,
+    convnext_family,
+    dcd_mobilenetv2,
+    dcd_resnet,
+    dwnet,
+    kw_mobilenetv2,
+    kw_resnet,
+    mixformer,
+    od_mobilenetv2,
+    od_resnet,
+    swin_family,
+    uniformer,
+    van,
+)
 from zoo.builder import BackboneSpec, SpecBackbone, StageSpec, register_backbone, register_mixer
 from zoo.checkpoint_io import load, save
 
@@ -25,12 +39,16 @@ __all__ = [
     "StageSpec",
     "acmix_resnet",
     "convnext_family",
+    "dcd_mobilenetv2",
+    "dcd_resnet",
     "dwnet",
     "kw_mobilenetv2",
     "kw_resnet",
     "list_models",
     "load",
     "mixformer",
+    "od_mobilenetv2",
+    "od_resnet",
     "register_backbone",
     "register_mixer",
     "save",

@@ -98,6 +98,18 @@ CHECKPOINT_SOURCES: tuple[CheckpointSource, ...] = (
     CheckpointSource(
         "kw_convnext_*", "official KernelWarehouse", "zoo.convnext_family.convert_official_convnext", 1.7e-6, False
     ),
+    CheckpointSource("od_resnet*", "official ODConv", None, 1.9e-6, False),
+    CheckpointSource(
+        "od_mobilenetv2_*",
+        "official ODConv",
+        "zoo.blocks.mobilenetv2_layout.convert_official_mobilenetv2",
+        4.8e-7,
+        False,
+    ),
+    CheckpointSource("dcd_resnet*", "official DCD", "zoo.dcd_resnet.convert_official_dcd_resnet", 2.3e-5, False),
+    CheckpointSource(
+        "dcd_mobilenetv2_*", "official DCD", "zoo.dcd_mobilenetv2.convert_official_dcd_mobilenetv2", 6.7e-6, False
+    ),
     CheckpointSource("uo_convnext_tiny", "timm's convnext_tiny", None, 1e-5, True),
     CheckpointSource("uniformer_*", "official UniFormer", None, 5.7e-7, False),
     CheckpointSource(

@@ -72,6 +72,8 @@ _ACMIX = "ACmix (Pan et al., CVPR 2022), official README"
 _KW = "KernelWarehouse (Li & Yao, ICML 2024), official README"
 _UNIFORMER = "UniFormer (Li et al., TPAMI 2023), official README"
 _MIXFORMER = "MixFormer (Chen et al., CVPR 2022), Table 1 (FLOPs; no ImageNet parameter counts are published)"
+_ODCONV = "ODConv (Li, Zhou & Yao, ICLR 2022), official README"
+_DCD = "DCD (Li et al., ICLR 2021); the official code's counts with its dynamic classifier (MobileNetV2: fc_squeeze 16)"
 _CONVNEXT = "ConvNeXt (Liu et al., CVPR 2022), Table 1"
 
 PUBLISHED: dict[str, Published] = {
@@ -109,6 +111,15 @@ PUBLISHED: dict[str, Published] = {
     "kw_mobilenetv2_050_1x": Published("2.85M", None, _KW),
     "kw_mobilenetv2_050_4x": Published("4.65M", None, _KW),
     "kw_convnext_tiny_1x": Published("39.37M", None, _KW),
+    "od_resnet18_1x": Published("11.94M", None, _ODCONV),
+    "od_resnet18_4x": Published("44.90M", None, _ODCONV),
+    "od_resnet50_1x": Published("28.64M", None, _ODCONV),
+    "od_resnet50_4x": Published("90.67M", None, _ODCONV),
+    "od_mobilenetv2_100_1x": Published("4.94M", None, _ODCONV),
+    "od_mobilenetv2_100_4x": Published("11.51M", None, _ODCONV),
+    "dcd_resnet18": Published("14.70M", None, _DCD),
+    "dcd_resnet50": Published("29.84M", None, _DCD),
+    "dcd_mobilenetv2_100": Published("5.72M", None, _DCD),
     "uniformer_small": Published("22M", "3.6G", _UNIFORMER),
     "uniformer_base": Published("50M", "8.3G", _UNIFORMER),
     "mixformer_b0": Published(None, "0.4G", _MIXFORMER, official_params=5_098_767),
