@@ -60,8 +60,8 @@ FAMILY_REPRESENTATIVES = {
 
 
 def shallow_kwargs(name: str) -> dict:
-    """Keyword arguments that build zoo model ``name`` with one block per stage (per row for the ODConv and
-    DCD MobileNetV2s; the KW MobileNetV2s take no depth argument)."""
+    """Keyword arguments that build zoo model ``name`` with one block per stage (per row for the
+    MobileNetV2s)."""
     if "mobilenetv2" in name:
         return {"rows": tuple((t, c, 1, s) for t, c, _, s in MOBILENETV2_ROWS)}
     return {"layers" if "resnet" in name else "depths": (1, 1, 1, 1)}

@@ -37,7 +37,6 @@ from __future__ import annotations
 import copy
 import inspect
 import os
-from unittest import mock
 
 import pytest
 import timm
@@ -50,7 +49,6 @@ import zoo
 from helpers import FAMILY_REPRESENTATIVES, calibrate_batch_norm_, shallow_kwargs
 from unifiedops import Aggregation, Sliding, StaticKernel, WindowAttention
 from unifiedops.catalog import PRESETS, preset_entry
-from zoo import kw_mobilenetv2
 
 COMPILE_ALL = os.environ.get("UNIFIEDOPS_COMPILE_ALL") == "1"
 TOL = 1e-5
@@ -218,18 +216,13 @@ def test_a_graph_break_fails_the_check(monkeypatch):
 
 
 def shallow_model(name: str) -> nn.Module:
-    """``name`` with one block per stage (per row for the KW MobileNetV2s), in eval mode.
+    """``name`` with one block per stage (per row for the MobileNetV2s), in eval mode.
 
     BatchNorm statistics are first set to those of a random batch: with the initial ones the KW
     MobileNetV2s' activations shrink to exactly 0. Eval mode, because BatchNorm in train mode over a
     batch of two magnifies float32 rounding (eager itself is then off by ~1e-4 in the logits).
     """
-    if name.startswith("kw_mobilenetv2"):
-        rows = tuple((t, c, 1, s) for t, c, _, s in kw_mobilenetv2._ROWS)
-        with mock.patch.object(kw_mobilenetv2, "_ROWS", rows):
-            model = timm.create_model(name)
-    else:
-        model = timm.create_model(name, **shallow_kwargs(name))
+    model = timm.create_model(name, **shallow_kwargs(name))
     return calibrate_batch_norm_(model, torch.randn(4, 3, 64, 64))
 
 

@@ -2,8 +2,8 @@
 
 What is exported, and why the reductions keep the property:
 
-* One model per zoo family (``helpers.FAMILY_REPRESENTATIVES``), at depths ``(1, 1, 1, 1)`` (KW MobileNetV2 has no
-  depth argument and is exported whole): ``torch.export``, then the exported program to ONNX, run
+* One model per zoo family (``helpers.FAMILY_REPRESENTATIVES``), at depths ``(1, 1, 1, 1)`` (one block per row
+  for the MobileNetV2s): ``torch.export``, then the exported program to ONNX, run
   with ONNX Runtime on the CPU. Export traces each block of a stage the same way, and deeper or wider
   variants of a family repeat the same blocks with other sizes, so one block per stage of one model
   per family exercises every operator of the family. (Exporting every distinct model as well took
@@ -86,9 +86,8 @@ ONNX_RELATIVE_TOLERANCE = 1e-4
 
 
 def _build(name: str, **kwargs) -> nn.Module:
-    """The zoo model at one block per stage (KW MobileNetV2 whole: it has no depth argument)."""
-    if not name.startswith("kw_mobilenetv2"):
-        kwargs.update(shallow_kwargs(name))
+    """The zoo model at one block per stage (per row for the MobileNetV2s)."""
+    kwargs.update(shallow_kwargs(name))
     return timm.create_model(name, **kwargs)
 
 

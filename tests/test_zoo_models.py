@@ -112,7 +112,7 @@ def test_frozen_batch_norm_keeps_the_output(name):
         torch.testing.assert_close(frozen(x), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", [m for m in MODELS if not m.startswith("kw_mobilenetv2")])
+@pytest.mark.parametrize("name", MODELS)
 def test_depths_can_be_overridden_for_a_shallow_model(name):
     # Tests, export and compile checks build one-block-per-stage versions of every family this way.
     with torch.device("meta"):

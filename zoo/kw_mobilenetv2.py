@@ -36,7 +36,7 @@ the official recipe decays the KW temperature from 1 to 0 over the first 15 epoc
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -54,9 +54,6 @@ from zoo.blocks.mobilenetv2_layout import (
 __all__ = ["KW_CONFIGS", "KWMobileNetV2", "convert_official_mobilenetv2"]
 
 _ROW_STAGE = (1, 2, 3, 4, 5, 6, 6)  # the official warehouse stage of each row
-# The rows a KWMobileNetV2 is built with, looked up when a model is made: a test may patch in fewer
-# blocks per row for a shallow model.
-_ROWS = MOBILENETV2_ROWS
 
 KW_CONFIGS: dict[str, dict[str, Any]] = {
     "1x": dict(warehouse=dict(cell_num_ratio=1, sharing_range=("layer", "pwconv"))),
@@ -112,6 +109,8 @@ class KWMobileNetV2(MobileNetV2Layout):
         kw: ``None`` for plain convolutions (timm's MobileNetV2), or a KW setting: ``warehouse`` (the
             [`Warehouse`][unifiedops.warehouse.Warehouse] arguments), optionally ``pointwise_stages``
             and ``kw_classifier``, as in [`KW_CONFIGS`][zoo.kw_mobilenetv2.KW_CONFIGS].
+        rows: The ``(t, c, n, s)`` of the seven rows (MobileNetV2's table; fewer blocks per row give a
+            shallow model, whose warehouses follow the same stage rule).
 
     Shape:
         ``(B, in_chans, H, W) -> (B, num_classes)``. The stem has stride 2; the four stage maps are the
@@ -129,21 +128,23 @@ class KWMobileNetV2(MobileNetV2Layout):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         kw: Mapping[str, Any] | None = None,
+        rows: Sequence[tuple[int, int, int, int]] = MOBILENETV2_ROWS,
     ) -> None:
+        rows = tuple(tuple(row) for row in rows)
         if kw is not None and (not isinstance(kw, Mapping) or "warehouse" not in kw):
             raise TypeError(f"kw must be None or a mapping with a 'warehouse' entry, got {kw!r}")
         unknown = set(kw or {}) - {"warehouse", "pointwise_stages", "kw_classifier"}
         if unknown:
             raise ValueError(f"kw has unknown keys {sorted(unknown)}")
         common = dict(width_mult=width_mult, in_chans=in_chans, num_classes=num_classes, global_pool=global_pool)
-        common.update(drop_rate=drop_rate, drop_path_rate=drop_path_rate, rows=_ROWS)
+        common.update(drop_rate=drop_rate, drop_path_rate=drop_path_rate, rows=rows)
         if kw is None:
             super().__init__(plain_mobilenetv2_conv, **common)
             self.kw = False
             return
         manager = Warehouse(**kw["warehouse"])
         pointwise_stages = tuple(kw.get("pointwise_stages", range(7)))
-        places = _warehouse_places(_ROWS)
+        places = _warehouse_places(rows)
 
         def conv(spec: MobileNetV2ConvSpec) -> nn.Module:
             if spec.role == "stem":
