@@ -270,17 +270,6 @@ class ODConvKernel(ConvKernelSource):
         """
         return self.assemble(module, module.attention(x))
 
-    def conv_bias(self, module: nn.Module) -> None:
-        """ODConv has no bias.
-
-        Args:
-            module: The owning aggregation.
-
-        Returns:
-            ``None``.
-        """
-        return None
-
     def reference(
         self, module: nn.Module, x: torch.Tensor, padded: torch.Tensor, lay: Layout
     ) -> tuple[torch.Tensor, torch.Tensor]:
