@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -40,6 +41,7 @@ from zoo.shootout import (
     run_shootout,
     temperature_schedules,
 )
+from zoo.shootout.recipe import amp_dtype
 from zoo.shootout.runner import _epoch_batches
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,6 +133,14 @@ def _sampler_at(data: list[int], epoch: int) -> DistributedSampler:
     sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=3, drop_last=True)
     sampler.set_epoch(epoch)
     return sampler
+
+
+def test_mixed_precision_runs_where_asked(tmp_path: Path, tiny_data: Splits) -> None:
+    # On the CPU the recipe's default is float32; amp=True asks for bfloat16 autocast there too.
+    recipe = Recipe(**{**RECIPE.to_dict(), "epochs": 1, "amp": True})
+    assert amp_dtype(RECIPE, torch.device("cpu")) is None and amp_dtype(recipe, torch.device("cpu")) == torch.bfloat16
+    run = _shootout(tmp_path, tiny_data, ["odconv"], recipe=recipe).runs[0]
+    assert run["steps"] == 4 and 0 <= run["top1"] <= 100 and all(map(math.isfinite, run["epoch_losses"]))
 
 
 def test_temperature_schedules_follow_the_attentions_present(tiny_data: Splits) -> None:

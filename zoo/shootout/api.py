@@ -177,6 +177,8 @@ def run_shootout(
     plan = [(entry, seed, out / "runs" / entry.name / f"seed{seed}") for entry in entries for seed in seeds]
     for entry, seed, run_dir in plan:
         _claim_run_dir(run_dir, _run_config(spec, entry, splits, recipe, seed), ctx.rank)
+    if ctx.world_size > 1:  # the other ranks read what rank 0 wrote
+        dist.barrier()
 
     runs = []
     for entry, seed, run_dir in plan:
