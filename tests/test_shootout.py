@@ -302,6 +302,12 @@ def test_image_folder_layout_is_checked(tmp_path: Path) -> None:
     splits = image_folder_splits(tmp_path, 32)
     assert (len(splits.train), len(splits.test), splits.num_classes) == (2, 2, 2)
     assert splits.train[0][0].shape == (3, 32, 32)
+    # A shoot-out on it runs end to end, with a data-loading worker process.
+    recipe = Recipe(epochs=1, batch_size=2, warmup_epochs=0, eval_batch_size=2)
+    run = run_shootout(
+        tiny_spec(), ["dwconv"], splits, recipe, (0,), tmp_path / "out", progress=False, workers=1, log=None
+    )
+    assert run.runs[0]["steps"] == 1
     _image(tmp_path / "val" / "bird" / "0.png")
     with pytest.raises(ValueError, match=r"same classes; they differ in \['bird'\]"):
         image_folder_splits(tmp_path)

@@ -628,6 +628,9 @@ def _add_shootout_parser(commands: argparse._SubParsersAction) -> None:
         "--out", default="shootout", help="output folder; rerun with it to resume (default: shootout)"
     )
     shootout.add_argument("--device", help="training device (default: cuda if available, else cpu)")
+    shootout.add_argument(
+        "--workers", type=int, help="data-loading processes per training process (default: 0 digits, 8 folder)"
+    )
     shootout.add_argument("--no-progress", action="store_true", help="no progress bars")
     shootout.set_defaults(subparser=shootout)
 

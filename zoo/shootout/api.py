@@ -74,13 +74,15 @@ def _check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
     return tuple(seeds)
 
 
-def _context(device: str | torch.device | None, progress: bool, on_step: Callable[[int], None] | None) -> RunContext:
+def _context(
+    device: str | torch.device | None, progress: bool, on_step: Callable[[int], None] | None, workers: int
+) -> RunContext:
     """One process, or this process's part of a ``torchrun`` job (its process group joined here)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     if world_size == 1:
         chosen = torch.device(device) if device is not None else torch.device("cuda" if cuda else "cpu")
-        return RunContext(chosen, progress=progress, on_step=on_step)
+        return RunContext(chosen, progress=progress, on_step=on_step, workers=workers)
     local_rank = int(os.environ["LOCAL_RANK"])
     if cuda and (device is None or torch.device(device).type == "cuda"):
         torch.cuda.set_device(local_rank)
@@ -89,7 +91,7 @@ def _context(device: str | torch.device | None, progress: bool, on_step: Callabl
         chosen = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
-    return RunContext(chosen, dist.get_rank(), dist.get_world_size(), progress, on_step)
+    return RunContext(chosen, dist.get_rank(), dist.get_world_size(), progress, on_step, workers)
 
 
 def _run_config(spec: BackboneSpec, entry: MixerEntry, splits: Splits, recipe: Recipe, seed: int) -> dict[str, Any]:
@@ -128,6 +130,7 @@ def run_shootout(
     *,
     device: str | torch.device | None = None,
     progress: bool = True,
+    workers: int = 0,
     on_step: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = print,
 ) -> ShootoutResult:
@@ -139,7 +142,8 @@ def run_shootout(
     every global batch (DDP, ``DistributedSampler``, SyncBatchNorm) and rank 0 writes the files.
 
     Args:
-        spec: The backbone with the mixer slot (``None``: [`default_backbone`][zoo.shootout.default_backbone]).
+        spec: The backbone with the mixer slot (``None``: [`default_backbone`][zoo.shootout.default_backbone]);
+            its reference ``img_size`` becomes the data's, which the mixers are fitted to.
         mixers: Names or entries (``None``: [`DEFAULT_MIXERS`][zoo.shootout.DEFAULT_MIXERS]).
         data: The data (``None``: [`digits_splits`][zoo.shootout.digits_splits]).
         recipe: The recipe (``None``: ``Recipe()``).
@@ -147,6 +151,8 @@ def run_shootout(
         out_dir: The shoot-out's folder.
         device: Training device (``None``: CUDA when available, else the CPU).
         progress: Show a progress bar per run.
+        workers: Data-loading processes per training process (0: load in the main process, right for the
+            in-memory digits; an image folder wants several).
         on_step: Called with the global step after every optimizer step.
         log: Where one line per finished run goes (``None``: nowhere).
 
@@ -173,7 +179,9 @@ def run_shootout(
         check_slot(spec, entry)
 
     out = Path(out_dir)
-    ctx = _context(device, progress, on_step)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an int >= 0, got workers={workers!r}")
+    ctx = _context(device, progress, on_step, workers)
     plan = [(entry, seed, out / "runs" / entry.name / f"seed{seed}") for entry in entries for seed in seeds]
     for entry, seed, run_dir in plan:
         _claim_run_dir(run_dir, _run_config(spec, entry, splits, recipe, seed), ctx.rank)

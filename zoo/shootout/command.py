@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -85,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             device=args.device,
             progress=not args.no_progress,
+            workers=args.workers
+            if args.workers is not None
+            else (0 if args.data is None else min(8, os.cpu_count() or 1)),
         )
     except KeyboardInterrupt:
         print(f"interrupted: run the same command again to resume from {args.out}", file=sys.stderr)

@@ -43,6 +43,7 @@ class RunContext:
         world_size: Processes training together.
         progress: Show a progress bar per run (on rank 0).
         on_step: Called with the global step after every optimizer step (tests interrupt runs with it).
+        workers: Data-loading processes per training process (0: load in the main process).
     """
 
     device: torch.device
@@ -50,6 +51,7 @@ class RunContext:
     world_size: int = 1
     progress: bool = True
     on_step: Callable[[int], None] | None = None
+    workers: int = 0
 
 
 def build_model(spec: BackboneSpec, entry: MixerEntry, splits: Splits, recipe: Recipe, seed: int) -> nn.Module:
@@ -109,7 +111,7 @@ def evaluate(model: nn.Module, data: Dataset, recipe: Recipe, ctx: RunContext) -
     shard = Subset(data, range(ctx.rank, len(data), ctx.world_size))
     correct = torch.zeros(2, dtype=torch.float64, device=ctx.device)
     dtype = amp_dtype(recipe, ctx.device)
-    for images, labels in DataLoader(shard, recipe.eval_batch_size):
+    for images, labels in DataLoader(shard, recipe.eval_batch_size, num_workers=ctx.workers):
         with autocast(dtype, ctx.device):
             logits = model(images.to(ctx.device))
         correct[0] += (logits.argmax(-1) == labels.to(ctx.device)).sum()
@@ -240,7 +242,9 @@ def run_one(
             sampler.set_epoch(epoch)
             net.train()
             batches = _epoch_batches(sampler, local_batch, skip)
-            for images, labels in DataLoader(splits.train, batch_sampler=batches):
+            # Workers draw their augmentations from seeds the main process's generator hands them, so the
+            # restored random state makes a resumed epoch augment as the uninterrupted one would.
+            for images, labels in DataLoader(splits.train, batch_sampler=batches, num_workers=ctx.workers):
                 images, labels = images.to(ctx.device), labels.to(ctx.device)
                 for schedule in schedules:
                     schedule.step(model)
