@@ -94,9 +94,9 @@ def check_command(command: str) -> None:
     if " ".join(words).startswith(KNOWN_PREFIXES):
         return
     program = words[0].removeprefix(".venv/bin/")
-    if program == "unifiedops":
-        from unifiedops.cli import build_parser, main
+    from unifiedops.cli import build_parser, main
 
+    if program == "unifiedops":
         args = build_parser().parse_args(words[1:])
         if args.command == "list" or (args.command == "flops" and not args.zoo):
             assert main(words[1:]) == 0, f"{command!r} failed"
@@ -105,6 +105,11 @@ def check_command(command: str) -> None:
         module = importlib.import_module(words[2])
         module._parse(words[3:]) if hasattr(module, "_parse") else module.build_parser().parse_args(words[3:])
         return
+    if program in ("python", "python3", "torchrun") and "-m" in words and words.index("-m") + 1 < len(words):
+        module = words[words.index("-m") + 1]
+        if module == "unifiedops.cli":  # `torchrun ... -m unifiedops.cli shootout ...`
+            build_parser().parse_args(words[words.index("-m") + 2 :])
+            return
     if program in ("python", "python3", "torchrun"):
         scripts = [i for i, w in enumerate(words) if w.endswith(".py")]
         assert scripts, f"{command!r}: runs no script this test knows how to check"
@@ -135,6 +140,7 @@ def test_shell_example_is_accepted(command: str) -> None:
         "python -m benchmarks.models --batch x",
         "python docs/guides/train.py --no-such-option",
         "python docs/guides/missing.py",
+        "torchrun --nproc_per_node=2 -m unifiedops.cli shootout --no-such-flag",
     ],
 )
 def test_shell_check_can_fail(command: str) -> None:

@@ -71,6 +71,10 @@ def test_dwnet_tiny_swaps_to_neighborhood_attention_in_one_line():
         ("dynamic_dwconv", {"kernel_size": 3}),
         ("inhomogeneous_dwconv", {"kernel_size": 3, "group_channels": 8}),
         ("lka", {"kernel_size": 9, "dilation": 2}),
+        ("acmix", {"kernel_att": 3, "num_heads": 2}),
+        ("odconv", {"kernel_num": 2}),
+        ("dcd", {"pool": 2}),
+        ("kernelwarehouse", {}),
     ],
 )
 @pytest.mark.parametrize("block", ["metaformer", "dwnet"])

@@ -5,6 +5,7 @@
     unifiedops flops --zoo
     unifiedops bench ops|models [ARGS ...]
     unifiedops docs [--models PATTERN] [--output-dir DIR]
+    unifiedops shootout [--quick] [--mixers A,B,...] [--seeds 0,1] [--data PATH] [--out DIR] [...]
 
 ``list`` prints every preset and every zoo model with its point on the three axes (sparsity,
 sharing, dynamism), its parameter count and its paper. ``flops`` prints the parameters and FLOPs
@@ -12,6 +13,7 @@ sharing, dynamism), its parameter count and its paper. ``flops`` prints the para
 per stage and in total, beside the published figures where ``zoo.published`` has them. ``bench``
 runs ``python -m benchmarks.ops`` or ``python -m benchmarks.models`` with the remaining arguments.
 ``docs`` regenerates every generated table and figure of the docs (``python -m benchmarks.docs_assets``).
+``shootout`` trains one backbone with each mixer under one recipe (``zoo.shootout``).
 Tables are markdown on stdout. Exit status: 0 on success, 2 for a bad argument (an unknown model
 included), 1 when a model cannot run at the requested size.
 
@@ -527,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``unifiedops`` command (used by [`main`][unifiedops.cli.main]).
 
     Returns:
-        The parser, with the subcommands ``list``, ``flops``, ``bench`` and ``docs``.
+        The parser, with the subcommands ``list``, ``flops``, ``bench``, ``docs`` and ``shootout``.
     """
     from unifiedops import __version__
 
@@ -536,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="One aggregation operator: the catalog of presets and zoo models, FLOPs, benchmarks.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,flops,bench,docs}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,flops,bench,docs,shootout}")
 
     listing = commands.add_parser(
         "list", help="every preset and zoo model with its point on the three axes, parameters and paper"
@@ -587,7 +589,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     docs.add_argument("--models", default="*", help="shell-style pattern over the zoo's models (default: all)")
     docs.add_argument("--output-dir", default=None, help="write every file into this folder instead")
+    _add_shootout_parser(commands)
     return parser
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated ints, got {text!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated ints >= 0, got {text!r}")
+    return seeds
+
+
+def _add_shootout_parser(commands: argparse._SubParsersAction) -> None:
+    shootout = commands.add_parser(
+        "shootout",
+        help="train one backbone with each mixer under one recipe and compare them (zoo.shootout)",
+        description="Train one backbone once per (mixer, seed) with the identical recipe and data order; report "
+        "top-1 mean and std over seeds, parameters, FLOPs, throughput and training time per mixer. Runs resume "
+        "where they stopped; under torchrun the same command trains with DDP.",
+    )
+    shootout.add_argument("--quick", action="store_true", help="the short recipe and seeds 0,1 (minutes on a CPU)")
+    shootout.add_argument("--mixers", help="comma-separated mixer names (default: every preset that fits the slot)")
+    shootout.add_argument("--list-mixers", action="store_true", help="print the default mixers and exit")
+    shootout.add_argument("--seeds", type=_seed_list, help="comma-separated seeds (default: 0,1,2; --quick: 0,1)")
+    shootout.add_argument(
+        "--data", help="an image folder with train/ and val/, one sub-folder per class (default: scikit-learn's digits)"
+    )
+    shootout.add_argument("--img-size", type=_positive_int, help="image side (default: 32 digits, 224 folder)")
+    shootout.add_argument("--spec", help="a JSON backbone spec (BackboneSpec.from_dict) with the mixer slot")
+    shootout.add_argument("--epochs", type=_positive_int, help="override the recipe's epochs")
+    shootout.add_argument("--batch-size", type=_positive_int, help="override the recipe's global batch size")
+    shootout.add_argument("--lr", type=float, help="override the recipe's peak learning rate")
+    shootout.add_argument("--warmup-epochs", type=int, help="override the recipe's warm-up epochs")
+    shootout.add_argument(
+        "--out", default="shootout", help="output folder; rerun with it to resume (default: shootout)"
+    )
+    shootout.add_argument("--device", help="training device (default: cuda if available, else cpu)")
+    shootout.add_argument(
+        "--workers", type=int, help="data-loading processes per training process (default: 0 digits, 8 folder)"
+    )
+    shootout.add_argument("--no-progress", action="store_true", help="no progress bars")
+    shootout.set_defaults(subparser=shootout)
+
+
+def _run_shootout(args: argparse.Namespace) -> int:
+    from zoo.shootout.command import run
+
+    try:
+        return run(args)
+    except (ValueError, TypeError) as e:
+        args.subparser.error(str(e))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -608,6 +662,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_list(args)
         if args.command == "flops":
             return _run_flops(args, args.subparser)
+        if args.command == "shootout":
+            return _run_shootout(args)
         return _run_bench(args)
     except BrokenPipeError:  # `unifiedops list | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -11,14 +11,18 @@ from torch import nn
 
 from unifiedops import (
     LKA,
+    ACmix,
     ACmixWindowAttention,
+    DCDConv2d,
     DWConv,
     DynamicDWConv,
     GlobalAttention,
     InhomogeneousDWConv,
     NeighborhoodAttention,
+    ODConv2d,
     WindowAttention,
 )
+from unifiedops.catalog import WarehouseExample
 from zoo.blocks import (
     LAYOUTS,
     BatchNormChannelsLast,
@@ -225,6 +229,26 @@ def _lka(dim: int, site: MixerSite, *, kernel_size: int = 21, dilation: int = 3)
     return LKA(dim, kernel_size, dilation, channels_last=site.channels_last)
 
 
+def _acmix(dim: int, site: MixerSite, *, kernel_att: int = 7, kernel_conv: int = 3, num_heads: int = 4) -> nn.Module:
+    return ACmix(dim, dim, kernel_att=kernel_att, head=num_heads, kernel_conv=kernel_conv)
+
+
+def _odconv(
+    dim: int, site: MixerSite, *, kernel_size: int = 3, kernel_num: int = 1, reduction: float = 0.0625
+) -> nn.Module:
+    return ODConv2d(dim, dim, kernel_size, kernel_num=kernel_num, reduction=reduction)
+
+
+def _dcd(dim: int, site: MixerSite, *, kernel_size: int = 3, pool: int = 1) -> nn.Module:
+    return DCDConv2d(dim, dim, kernel_size, pool=pool)
+
+
+def _kernelwarehouse(dim: int, site: MixerSite, *, kernel_size: int = 3) -> nn.Module:
+    # One warehouse per layer (cell_num_ratio 1: as many cells as the kernel it replaces); sharing
+    # across layers needs a network-level warehouse, which the spec builder does not hold.
+    return WarehouseExample(dim, dim, kernel_size)
+
+
 for _name, _factory in {
     "window_attention": _windowed(WindowAttention, "window_attention"),
     "acmix_window": _windowed(ACmixWindowAttention, "acmix_window"),
@@ -234,6 +258,10 @@ for _name, _factory in {
     "dynamic_dwconv": _dynamic_dwconv,
     "inhomogeneous_dwconv": _inhomogeneous_dwconv,
     "lka": _lka,
+    "acmix": _acmix,
+    "odconv": _odconv,
+    "dcd": _dcd,
+    "kernelwarehouse": _kernelwarehouse,
 }.items():
     register_mixer(_name, _factory)
 
