@@ -10,9 +10,12 @@ import csv
 import json
 import math
 import os
+import re
+import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,6 +46,7 @@ from zoo.shootout import (
 )
 from zoo.shootout.recipe import amp_dtype
 from zoo.shootout.runner import _epoch_batches
+from zoo.shootout.state import saved_step
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = Recipe(epochs=3, batch_size=16, warmup_epochs=1, eval_batch_size=32)
@@ -168,8 +172,8 @@ def _comparable(run: dict) -> dict:
 @pytest.mark.parametrize(
     ("error", "resumes_after"),
     # 4 steps per epoch: Ctrl-C saves at the step it interrupts (7), a crash leaves the epoch-end checkpoint (4).
-    [(KeyboardInterrupt(), 7), (Crash(), 4)],
-    ids=["ctrl-c", "crash"],
+    [(KeyboardInterrupt(), 7), (Crash(), 4), (KeyboardInterrupt(), 8)],
+    ids=["ctrl-c", "crash", "ctrl-c-at-an-epoch-end"],
 )
 def test_an_interrupted_shootout_resumes(
     tmp_path: Path, tiny_data: Splits, error: BaseException, resumes_after: int
@@ -181,7 +185,7 @@ def test_an_interrupted_shootout_resumes(
 
     def interrupt(step: int) -> None:
         calls.append(step)
-        if len(calls) == 12 + 7:  # each run has 3 epochs of 4 steps: this is the second run's step 7
+        if len(calls) == 12 + max(resumes_after, 7):  # each run has 3 epochs of 4 steps: the second run's step
             raise error
 
     with pytest.raises(type(error)):
@@ -203,6 +207,69 @@ def test_an_interrupted_shootout_resumes(
         got = load_file(str(out / "runs" / run / "seed0" / "model.safetensors"))
         want = load_file(str(tmp_path / "reference" / "runs" / run / "seed0" / "model.safetensors"))
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), run
+
+
+KILL_ARGS = ["--mixers", "dwconv,odconv", "--seeds", "0", "--epochs", "5", "--batch-size", "64", "--img-size", "16"]
+STEPS_PER_EPOCH = 1437 // 64
+
+
+@pytest.fixture(scope="module")
+def spec_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("spec") / "spec.json"
+    path.write_text(json.dumps(tiny_spec().to_dict()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, spec_file: Path) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    assert main(["shootout", *KILL_ARGS, "--spec", str(spec_file), "--no-progress", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_killed_command_resumes_when_started_again(tmp_path: Path, spec_file: Path, uninterrupted: Path) -> None:
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "unifiedops.cli", "shootout", *KILL_ARGS, "--spec", str(spec_file)]
+    command += ["--no-progress", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    checkpoint = out / "runs" / "odconv" / "seed0" / "checkpoint.safetensors"
+
+    def start_and_signal(signum: int, after_step: int) -> subprocess.Popen:
+        """Start the command, and send it ``signum`` once ODConv's checkpoint is past ``after_step``."""
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            if checkpoint.is_file() and saved_step(checkpoint) > after_step:
+                break
+            time.sleep(0.02)
+        process.send_signal(signum)
+        process.communicate(timeout=60)
+        return process
+
+    # SIGTERM: the run checkpoints the step it has reached and the command says how to resume.
+    terminated = start_and_signal(signal.SIGTERM, 0)
+    assert terminated.returncode == 130
+    first_stop = saved_step(checkpoint)
+    assert first_stop >= STEPS_PER_EPOCH and (out / "runs" / "dwconv" / "seed0" / "result.json").is_file()
+    # SIGKILL, in the resumed command: only the last epoch-end checkpoint is left.
+    killed = start_and_signal(signal.SIGKILL, first_stop)
+    assert killed.returncode == -signal.SIGKILL
+    second_stop = saved_step(checkpoint)
+    assert second_stop > first_stop and second_stop % STEPS_PER_EPOCH == 0
+    assert not (out / "runs" / "odconv" / "seed0" / "result.json").exists()
+
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert re.search(r"dwconv seed 0: top-1 \S+ \(done earlier\)", finished.stdout), finished.stdout
+    assert f"odconv seed 0: resuming from step {second_stop}" in finished.stdout
+    # Two interruptions later, the weights are those of the uninterrupted command.
+    for run in ("dwconv", "odconv"):
+        got = load_file(str(out / "runs" / run / "seed0" / "model.safetensors"))
+        want = load_file(str(uninterrupted / "runs" / run / "seed0" / "model.safetensors"))
+        assert all(torch.equal(got[k], want[k]) for k in want), run
 
 
 def test_a_resumed_run_must_have_the_same_configuration(tmp_path: Path, tiny_data: Splits) -> None:

@@ -18,7 +18,8 @@ from zoo.shootout.data import Splits, digits_splits
 from zoo.shootout.mixers import MixerEntry, check_slot, resolve_mixers
 from zoo.shootout.recipe import Recipe
 from zoo.shootout.report import summarize, write_report
-from zoo.shootout.runner import RunContext, run_one
+from zoo.shootout.runner import CHECKPOINT, RESULT, RunContext, run_one
+from zoo.shootout.state import saved_step
 
 __all__ = ["ShootoutResult", "default_backbone", "run_shootout"]
 
@@ -190,7 +191,9 @@ def run_shootout(
 
     runs = []
     for entry, seed, run_dir in plan:
-        was_done = (run_dir / "result.json").is_file()
+        was_done = (run_dir / RESULT).is_file()
+        if not was_done and (run_dir / CHECKPOINT).is_file() and log is not None and ctx.rank == 0:
+            log(f"{entry.name} seed {seed}: resuming from step {saved_step(run_dir / CHECKPOINT)}")
         result = run_one(spec, entry, splits, recipe, seed, run_dir, ctx)
         runs.append(result)
         if log is not None and ctx.rank == 0:

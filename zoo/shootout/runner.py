@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ from zoo.shootout.state import load_training_state, save_training_state
 __all__ = ["RunContext", "build_model", "run_one"]
 
 RESULT, CHECKPOINT, WEIGHTS = "result.json", "checkpoint.safetensors", "model.safetensors"
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -85,13 +89,33 @@ def _epoch_batches(sampler: DistributedSampler, batch: int, skip: int) -> Iterat
         yield indices[k * batch : (k + 1) * batch]
 
 
-def _all_mean(value: torch.Tensor, ctx: RunContext) -> float:
-    value = value.detach()
+def _mean_loss_and_stop(loss: torch.Tensor, stop: bool, ctx: RunContext) -> tuple[float, bool]:
+    """The loss averaged over the processes, and whether any of them was asked to stop (one all-reduce)."""
+    both = torch.stack([loss.detach().float(), torch.tensor(float(stop), device=loss.device)])
     if ctx.world_size > 1:
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= ctx.world_size
-    return float(value)
+        dist.all_reduce(both)
+    return float(both[0]) / ctx.world_size, bool(both[1] > 0)
+
+
+@contextlib.contextmanager
+def _stops_at_step_boundaries() -> Iterator[list[int]]:
+    """Record SIGINT and SIGTERM instead of raising where they land.
+
+    An interrupt raised inside ``optimizer.step()`` would leave some parameters updated and others not, and one
+    between the update and the step count would checkpoint the weights of one step under the number of another;
+    the loop raises ``KeyboardInterrupt`` itself once the step is complete. Off the main thread, where handlers
+    cannot be installed, signals keep their usual effect.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in _STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @torch.no_grad()
@@ -207,6 +231,8 @@ def run_one(
     progress: dict[str, Any] = {"step": 0, "epoch_losses": [], "train_seconds": 0.0, "loss_sum": 0.0}
     if checkpoint.is_file():
         progress = load_training_state(checkpoint, model, optimizer, ctx.device)
+        if progress.get("grad_scaler"):
+            scaler.load_state_dict(progress["grad_scaler"])
     step = progress["step"]
     for schedule in schedules:
         schedule.iteration = step
@@ -231,51 +257,58 @@ def run_one(
     )
 
     def save_state() -> None:
+        if scaler.is_enabled():  # float16's loss scale, learnt over the steps so far
+            progress["grad_scaler"] = scaler.state_dict()
         if ctx.rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_training_state(checkpoint, model, optimizer, progress)
 
     started = time.perf_counter()
-    try:
-        while step < total:
-            epoch, skip = divmod(step, iters_per_epoch)
-            sampler.set_epoch(epoch)
-            net.train()
-            batches = _epoch_batches(sampler, local_batch, skip)
-            # Workers draw their augmentations from seeds the main process's generator hands them, so the
-            # restored random state makes a resumed epoch augment as the uninterrupted one would.
-            for images, labels in DataLoader(splits.train, batch_sampler=batches, num_workers=ctx.workers):
-                images, labels = images.to(ctx.device), labels.to(ctx.device)
-                for schedule in schedules:
-                    schedule.step(model)
-                with autocast(dtype, ctx.device):
-                    loss = criterion(net(images), labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                scheduler.step_update(num_updates=step)
-                mean_loss = _all_mean(loss, ctx)
-                if not math.isfinite(mean_loss):
-                    raise FloatingPointError(f"{entry.name} seed {seed}: the loss is {mean_loss} at step {step}")
-                progress["loss_sum"] += mean_loss
-                progress["step"] = step
-                bar.update()
-                bar.set_postfix(loss=f"{mean_loss:.3f}", refresh=False)
-                if ctx.on_step is not None:
-                    ctx.on_step(step)
-            progress["epoch_losses"].append(progress["loss_sum"] / iters_per_epoch)
-            progress["loss_sum"] = 0.0
+    with _stops_at_step_boundaries() as received:
+        try:
+            while step < total:
+                epoch, skip = divmod(step, iters_per_epoch)
+                sampler.set_epoch(epoch)
+                net.train()
+                batches = _epoch_batches(sampler, local_batch, skip)
+                # Random augmentations come from the restored random state, so a resumed run augments as the
+                # uninterrupted one would; with workers that holds from an epoch boundary (each epoch's workers are
+                # seeded when it starts), and the rest of an epoch interrupted mid-way gets other augmentations.
+                for images, labels in DataLoader(splits.train, batch_sampler=batches, num_workers=ctx.workers):
+                    images, labels = images.to(ctx.device), labels.to(ctx.device)
+                    for schedule in schedules:
+                        schedule.step(model)
+                    with autocast(dtype, ctx.device):
+                        loss = criterion(net(images), labels)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    step += 1
+                    scheduler.step_update(num_updates=step)
+                    mean_loss, stop = _mean_loss_and_stop(loss, bool(received), ctx)
+                    if not math.isfinite(mean_loss):
+                        raise FloatingPointError(f"{entry.name} seed {seed}: the loss is {mean_loss} at step {step}")
+                    progress["loss_sum"] += mean_loss
+                    progress["step"] = step
+                    bar.update()
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", refresh=False)
+                    if step % iters_per_epoch == 0:  # an epoch's end: close its books, then checkpoint
+                        progress["epoch_losses"].append(progress["loss_sum"] / iters_per_epoch)
+                        progress["loss_sum"] = 0.0
+                        progress["train_seconds"] += time.perf_counter() - started
+                        started = time.perf_counter()
+                        save_state()
+                    if ctx.on_step is not None:
+                        ctx.on_step(step)
+                    if stop:  # every process stops after the same step
+                        raise KeyboardInterrupt(f"stopped by a signal after step {step}")
+        except KeyboardInterrupt:
             progress["train_seconds"] += time.perf_counter() - started
-            started = time.perf_counter()
             save_state()
-    except KeyboardInterrupt:
-        progress["train_seconds"] += time.perf_counter() - started
-        save_state()
-        raise
-    finally:
-        bar.close()
+            raise
+        finally:
+            bar.close()
 
     top1 = evaluate(model, splits.test, recipe, ctx)
     result: dict[str, Any] = {

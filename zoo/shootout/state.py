@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-__all__ = ["TrainingState", "load_training_state", "save_training_state"]
+__all__ = ["TrainingState", "load_training_state", "save_training_state", "saved_step"]
 
 TrainingState = dict[str, Any]
 """What [`save_training_state`][zoo.shootout.state.save_training_state] stores beside the tensors: ``step`` and any
@@ -82,3 +82,16 @@ def load_training_state(
     if _RNG + "cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors[_RNG + "cuda"])
     return json.loads(metadata["progress"])
+
+
+def saved_step(path: str | os.PathLike) -> int:
+    """The step a checkpoint was written at, read from its metadata without loading the tensors.
+
+    Args:
+        path: A checkpoint of [`save_training_state`][zoo.shootout.state.save_training_state].
+
+    Returns:
+        The number of optimizer steps taken before it was written.
+    """
+    with safe_open(str(path), framework="pt") as f:
+        return int(json.loads(f.metadata()["progress"])["step"])
