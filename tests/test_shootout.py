@@ -423,7 +423,7 @@ def test_digits_are_a_fixed_stratified_split() -> None:
 
 def test_recipe_rejects_bad_values() -> None:
     assert Recipe.quick().epochs < Recipe().epochs
-    with pytest.raises(ValueError, match="epochs must be an int >= 1"):
+    with pytest.raises(ValueError, match=r"epochs must be >= 1, got epochs=0"):
         Recipe(epochs=0)
     with pytest.raises(ValueError, match="label_smoothing and drop_path_rate must be below 1"):
         Recipe(label_smoothing=1.0)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from unifiedops._checks import check_int
 from zoo.builder import BackboneSpec
 from zoo.shootout.data import Splits, digits_splits
 from zoo.shootout.mixers import MixerEntry, check_slot, resolve_mixers
@@ -68,8 +69,7 @@ def _check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds:
         raise ValueError(f"seeds must be a non-empty sequence of ints, got seeds={seeds!r}")
     for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise ValueError(f"seeds must be ints >= 0, got {s!r}")
+        check_int("seed", s, minimum=0)
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got seeds={list(seeds)}")
     return tuple(seeds)
@@ -108,10 +108,11 @@ def _run_config(spec: BackboneSpec, entry: MixerEntry, splits: Splits, recipe: R
 def _claim_run_dir(run_dir: Path, config: dict[str, Any], rank: int) -> None:
     """Record the run's configuration, or check that an earlier, resumed run had the same one."""
     path = run_dir / CONFIG
+    config = json.loads(json.dumps(config))  # tuples become lists, as in the file
     if path.is_file():
         earlier = json.loads(path.read_text())
-        if earlier != json.loads(json.dumps(config)):
-            changed = sorted(k for k in config if earlier.get(k) != json.loads(json.dumps(config[k])))
+        if earlier != config:
+            changed = sorted(k for k in config if earlier.get(k) != config[k])
             raise ValueError(
                 f"out_dir: {run_dir} holds a run with another configuration (differing in {changed}); "
                 "use another out_dir, or delete that run to retrain it"
@@ -180,8 +181,7 @@ def run_shootout(
         check_slot(spec, entry)
 
     out = Path(out_dir)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers must be an int >= 0, got workers={workers!r}")
+    check_int("workers", workers, minimum=0)
     ctx = _context(device, progress, on_step, workers)
     plan = [(entry, seed, out / "runs" / entry.name / f"seed{seed}") for entry in entries for seed in seeds]
     for entry, seed, run_dir in plan:
@@ -200,7 +200,7 @@ def run_shootout(
             how = "done earlier" if was_done else f"{result['train_seconds']:.1f} s"
             log(f"{entry.name} seed {seed}: top-1 {result['top1']:.2f}% ({how})")
 
-    table = ""
+    table, summary = "", []
     if ctx.rank == 0:
         meta = {
             "backbone": spec.to_dict(),
@@ -212,5 +212,6 @@ def run_shootout(
             "device": str(ctx.device),
             "torch": torch.__version__,
         }
-        table = write_report(out, runs, meta)
-    return ShootoutResult(runs, summarize(runs) if ctx.rank == 0 else [], table, out)
+        summary = summarize(runs)
+        table = write_report(out, runs, summary, meta)
+    return ShootoutResult(runs, summary, table, out)

@@ -9,6 +9,7 @@ its checkpoint, and the same command started again resumes it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -38,7 +39,7 @@ def _recipe(args: argparse.Namespace) -> Recipe:
     }
     if "epochs" in changes and "warmup_epochs" not in changes:
         changes["warmup_epochs"] = min(base.warmup_epochs, changes["epochs"] - 1)
-    return Recipe(**{**base.to_dict(), **changes})
+    return dataclasses.replace(base, **changes)
 
 
 def _spec(path: str | None) -> BackboneSpec:

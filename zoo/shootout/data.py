@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from unifiedops._checks import check_int
+
 __all__ = ["Splits", "digits_splits", "image_folder_splits"]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -64,8 +66,7 @@ def digits_splits(img_size: int = 32, test_fraction: float = 0.2, split_seed: in
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 8:
-        raise ValueError(f"img_size must be an int >= 8 (the digits are 8x8), got img_size={img_size!r}")
+    check_int("img_size", img_size, minimum=8)  # the digits are 8x8
     if not isinstance(test_fraction, float) or not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be a float in (0, 1), got test_fraction={test_fraction!r}")
     digits = load_digits()

@@ -14,6 +14,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
+from unifiedops._checks import check_bool, check_int, check_number
 from unifiedops.mixture import MixtureAttention, dyconv_schedule
 from unifiedops.odconv import OmniAttention, odconv_schedule
 from unifiedops.warehouse import TemperatureSchedule, WarehouseAttention
@@ -62,21 +63,16 @@ class Recipe:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {name}={value!r}")
-        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be an int >= 0, got warmup_epochs={self.warmup_epochs!r}")
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("warmup_epochs", self.warmup_epochs, minimum=0)
         for name in ("lr", "weight_decay", "warmup_lr", "min_lr", "label_smoothing", "drop_path_rate"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {name}={value!r}")
+            check_number(name, getattr(self, name), minimum=0)
         if not self.label_smoothing < 1 or not self.drop_path_rate < 1:
             raise ValueError("label_smoothing and drop_path_rate must be below 1")
-        if self.temperature_fraction is not None and not 0 <= self.temperature_fraction <= 1:
-            raise ValueError(f"temperature_fraction must be in [0, 1] or None, got {self.temperature_fraction!r}")
-        if self.amp not in (None, True, False):
-            raise TypeError(f"amp must be None, True or False, got amp={self.amp!r}")
+        if self.temperature_fraction is not None:
+            check_number("temperature_fraction", self.temperature_fraction, minimum=0, maximum=1)
+        if self.amp is not None:
+            check_bool("amp", self.amp)
 
     @classmethod
     def quick(cls) -> Recipe:

@@ -116,19 +116,24 @@ def plot_accuracy_vs_flops(rows: Sequence[Mapping[str, Any]], path: str | os.Pat
     figure.savefig(path)
 
 
-def write_report(out_dir: str | os.PathLike, runs: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
+def write_report(
+    out_dir: str | os.PathLike,
+    runs: Sequence[Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
+    meta: Mapping[str, Any],
+) -> str:
     """Write ``summary.md``, ``runs.csv``, ``summary.csv``, ``shootout.json`` and ``accuracy_vs_flops.png``.
 
     Args:
         out_dir: The shoot-out's folder.
         runs: Run results.
+        rows: Their summary, from [`summarize`][zoo.shootout.report.summarize].
         meta: The configuration (backbone, recipe, data, mixers, seeds), stored in the JSON.
 
     Returns:
         The markdown table.
     """
     out = Path(out_dir)
-    rows = summarize(runs)
     table = markdown_summary(rows)
     (out / "summary.md").write_text(table + "\n")
     for name, columns, records in (("runs.csv", RUN_COLUMNS, runs), ("summary.csv", SUMMARY_COLUMNS, rows)):
@@ -136,6 +141,6 @@ def write_report(out_dir: str | os.PathLike, runs: Sequence[Mapping[str, Any]], 
             writer = csv.DictWriter(f, columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(records)
-    (out / "shootout.json").write_text(json.dumps({**meta, "summary": rows, "runs": list(runs)}, indent=1))
+    (out / "shootout.json").write_text(json.dumps({**meta, "summary": list(rows), "runs": list(runs)}, indent=1))
     plot_accuracy_vs_flops(rows, out / "accuracy_vs_flops.png", title=str(meta.get("data", "")))
     return table
